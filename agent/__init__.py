@@ -1,0 +1,4 @@
+"""ringback agent: the per-call audio pipeline.
+
+inbound audio → VAD/ASR → turns → LLM → TTS → outbound.
+"""

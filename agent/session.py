@@ -1,0 +1,134 @@
+"""One call: wires the stages together, top to bottom like the diagram in the README.
+
+remote track → inbound (16 kHz mono frames) → VAD → endpointer
+    → ASR (partials, final) → TurnManager → LLM → chunker → TTS → OutboundAudioTrack
+events → the `events` data channel
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+from collections.abc import Hashable
+
+from aiortc.mediastreams import MediaStreamTrack
+
+from agent.asr import Recognizer
+from agent.audio import Pcm16
+from agent.clock import Clock
+from agent.config import AgentConfig
+from agent.engines.registry import Engines
+from agent.events import EventChannel
+from agent.inbound import inbound_frames
+from agent.llm import Conversation
+from agent.metrics import TurnMetrics
+from agent.outbound import OutboundAudioTrack
+from agent.turns import TurnManager
+from agent.vad import Endpointer, EndpointKind, VoiceDetector
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    def __init__(
+        self, session_id: str, config: AgentConfig, engines: Engines, clock: Clock
+    ) -> None:
+        self.id = session_id
+        self.config = config
+        self.engines = engines
+        self.clock = clock
+        self.events = EventChannel(session_id)
+        self.outbound = OutboundAudioTrack(
+            clock, config.outbound_max_ahead_ms, on_mark_started=self._on_mark_started
+        )
+        conversation = Conversation()
+        if config.system_prompt:
+            conversation.system_prompt = config.system_prompt
+        self.turns = TurnManager(
+            engines.llm,
+            engines.tts,
+            self.outbound,
+            conversation,
+            clock,
+            self.events.emit,
+            config.turns,
+        )
+
+    def _on_mark_started(self, mark: Hashable, t: float) -> None:
+        self.turns.on_mark_started(mark, t)
+
+    async def run(self, track: MediaStreamTrack) -> None:
+        """Serve the call until the inbound track ends (or the task is cancelled)."""
+        recognizer = self.engines.asr.create()
+        await recognizer.open()
+        self.events.emit({"type": "hello", "session_id": self.id})
+        self.events.emit({"type": "state", "state": str(self.turns.state)})
+        try:
+            await self._listen(track, recognizer)
+        finally:
+            await self.turns.aclose()
+            await recognizer.aclose()
+            self.outbound.stop()
+            log.info("[%s] session ended after %d turns", self.id, self.turns.turns_completed)
+
+    async def _listen(self, track: MediaStreamTrack, rec: Recognizer) -> None:
+        cfg = self.config
+        vad = VoiceDetector(cfg.vad_aggressiveness, cfg.endpointer.frame_ms)
+        endpointer = Endpointer(cfg.endpointer)
+        preroll: collections.deque[Pcm16] = collections.deque(
+            maxlen=max(1, cfg.preroll_ms // cfg.endpointer.frame_ms)
+        )
+        turn = 0
+        metrics = TurnMetrics(turn=0)
+        last_partial_t = 0.0
+        last_partial = ""
+        async with contextlib.aclosing(inbound_frames(track, self.clock)) as frames:
+            async for frame in frames:
+                event = endpointer.feed(vad.is_speech(frame.pcm16), frame.t)
+                if event is None:
+                    if endpointer.in_speech:
+                        await rec.push(frame.pcm16)
+                        if frame.t - last_partial_t >= cfg.partial_interval_ms / 1000:
+                            last_partial_t = frame.t
+                            text = await rec.partial()
+                            if text and text != last_partial:
+                                last_partial = text
+                                metrics.mark("asr_partial", self.clock.now())
+                                self.events.emit({"type": "partial", "text": text})
+                    else:
+                        preroll.append(frame.pcm16)
+                    continue
+
+                if event.kind == EndpointKind.SPEECH_START:
+                    turn += 1
+                    metrics = TurnMetrics(turn=turn)
+                    metrics.mark("audio_chunk_received", frame.t)
+                    metrics.mark("speech_start", event.speech_start)
+                    metrics.mark("asr_started", self.clock.now())
+                    last_partial, last_partial_t = "", frame.t
+                    await rec.start()
+                    for pcm in preroll:
+                        await rec.push(pcm)
+                    preroll.clear()
+                    await rec.push(frame.pcm16)
+                    await self.turns.on_speech_start()
+                elif event.kind == EndpointKind.PAUSE:
+                    await rec.push(frame.pcm16)
+                    await self.turns.on_pause(await rec.partial(), metrics)
+                elif event.kind == EndpointKind.RESUME:
+                    await rec.push(frame.pcm16)
+                    await self.turns.on_resume()
+                elif event.kind == EndpointKind.NOISE:
+                    await rec.cancel()
+                    await self.turns.on_noise()
+                elif event.kind == EndpointKind.END_OF_TURN:
+                    assert event.speech_end is not None
+                    metrics.mark("speech_end", event.speech_end)
+                    metrics.mark("endpoint", frame.t)
+                    final = await rec.finish()
+                    metrics.mark("asr_complete", self.clock.now())
+                    log.info("[%s] turn %d heard %r", self.id, turn, final)
+                    # An empty final tells the peer the turn was heard but not understood.
+                    self.events.emit({"type": "final", "text": final})
+                    await self.turns.on_final(final, metrics)

@@ -1,0 +1,419 @@
+"""TurnManager: who speaks when, and the reply pipeline LLM → chunker → TTS → outbound.
+
+States: LISTENING → PROCESSING_SPEECH → THINKING → SPEAKING → LISTENING, and INTERRUPTED
+when the user barges in.
+
+A reply is a cancellable task started from a transcript *hypothesis*. When the user pauses
+(endpointer PAUSE) a reply may start speculatively from the partial transcript: the LLM and
+the TTS of its first unit run while the end-of-turn silence is still being timed, but nothing
+is played. At END_OF_TURN the final transcript either *commits* that reply (same words: its
+audio may play) or *discards* it (cancelled; nothing played, nothing in history) and a fresh
+reply starts from the final text.
+
+Barge-in (speech starts while a committed reply is active): the outbound track is cleared at
+once (one-frame fade), the reply task is cancelled and awaited (which closes the TTS, chunker
+and LLM streams), and the history keeps only the part of the reply the user heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from agent.audio import Pcm16
+from agent.chunker import Chunker, ChunkerConfig
+from agent.clock import Clock
+from agent.llm import LLM, Conversation, LlmError
+from agent.metrics import DEFAULT_BUDGETS_MS, TurnMetrics
+from agent.tts import TTS, TtsError
+
+log = logging.getLogger(__name__)
+
+FALLBACK_REPLY = "Sorry, I'm having trouble answering right now."
+
+
+class State(StrEnum):
+    LISTENING = "listening"
+    PROCESSING_SPEECH = "processing_speech"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+    INTERRUPTED = "interrupted"
+
+
+class AudioSink(Protocol):
+    """What the reply needs from the outbound track."""
+
+    async def enqueue(self, pcm: Pcm16, mark: Hashable) -> None: ...
+
+    async def wait_drained(self) -> None: ...
+
+    def clear(self) -> int: ...
+
+    def played_samples(self, mark: Hashable) -> int: ...
+
+    def forget(self, mark: Hashable) -> None: ...
+
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class TurnConfig:
+    speculative: bool = True
+    llm_first_token_timeout_s: float = 8.0
+    llm_token_timeout_s: float = 5.0
+    max_pending_audio_s: float = 10.0
+    budgets_ms: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_BUDGETS_MS))
+    chunker: ChunkerConfig = field(default_factory=ChunkerConfig)
+
+
+@dataclass
+class _Unit:
+    mark: tuple[int, int]
+    text: str
+    samples: int = 0
+    complete: bool = False
+
+
+def normalize(text: str) -> str:
+    return " ".join(re.sub(r"[^\w' ]", " ", text.lower()).split())
+
+
+class Reply:
+    """One reply as a task: produces audio for `user_text`; plays only once committed."""
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self,
+        user_text: str,
+        metrics: TurnMetrics,
+        manager: TurnManager,
+    ) -> None:
+        self.id = next(self._ids)
+        self.user_text = user_text
+        self.metrics = metrics
+        self.units: list[_Unit] = []
+        self.committed = asyncio.Event()
+        self.stopped = False  # set at barge-in, before the task's cancellation lands
+        self.failed = False
+        self._m = manager
+        self.task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+            self._run(), name=f"reply-{self.id}"
+        )
+
+    def commit(self) -> None:
+        self.committed.set()
+
+    def stop(self) -> None:
+        """Stop queueing audio at once. Cancelling the task takes a loop iteration or two to
+        reach the TTS loop, and in between it could refill the track that was just cleared."""
+        self.stopped = True
+
+    async def _play(self, pcm: Pcm16, mark: Hashable) -> None:
+        if not self.stopped:
+            await self._m.sink.enqueue(pcm, mark)
+
+    def heard_text(self, sink: AudioSink) -> str:
+        """The words the user actually heard (a partly played unit is cut proportionally)."""
+        heard: list[str] = []
+        for unit in self.units:
+            played = sink.played_samples(unit.mark)
+            if played <= 0:
+                break
+            if unit.complete and played >= unit.samples:
+                heard.append(unit.text)
+                continue
+            words = unit.text.split()
+            fraction = played / unit.samples if unit.samples else 0.0
+            n = int(len(words) * fraction)
+            if n:
+                heard.append(" ".join(words[:n]))
+            break
+        return " ".join(heard)
+
+    async def _run(self) -> None:
+        m, clock = self._m, self._m.clock
+        units: asyncio.Queue[str | None] = asyncio.Queue(maxsize=4)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._think(units))
+            tg.create_task(self._speak(units))
+        await self.committed.wait()
+        await m.sink.wait_drained()
+        self.metrics.mark("end", clock.now())
+
+    async def _think(self, units: asyncio.Queue[str | None]) -> None:
+        """LLM deltas → chunker → speakable units."""
+        m, clock = self._m, self._m.clock
+        chunker = Chunker(m.config.chunker)
+        self.metrics.mark("llm_started", clock.now())
+        try:
+            stream = m.llm.complete(m.conversation.messages(self.user_text))
+            async with contextlib.aclosing(stream):
+                async for delta in _with_timeouts(
+                    stream,
+                    m.config.llm_first_token_timeout_s,
+                    m.config.llm_token_timeout_s,
+                ):
+                    self.metrics.mark("llm_first_token", clock.now())
+                    for unit in chunker.push(delta):
+                        await units.put(unit)
+            self.metrics.mark("llm_complete", clock.now())
+            for unit in chunker.flush():
+                await units.put(unit)
+        except (LlmError, TimeoutError) as exc:
+            log.warning("LLM failed (%s): %s", m.llm.name, exc)
+            m.emit({"type": "error", "message": f"LLM failed: {exc}"})
+            self.failed = True
+            spoken = chunker.flush()
+            for unit in spoken:
+                await units.put(unit)
+            if not spoken and not self.units:
+                await units.put(FALLBACK_REPLY)
+        await units.put(None)
+
+    async def _speak(self, units: asyncio.Queue[str | None]) -> None:
+        """Units → TTS → outbound track; holds audio back until the reply is committed."""
+        m, clock = self._m, self._m.clock
+        index = 0
+        while (text := await units.get()) is not None:
+            if index > 0:
+                # Speculation spends at most one unit of TTS before the endpoint decides.
+                await self.committed.wait()
+            unit = _Unit((self.id, index), text)
+            self.units.append(unit)
+            index += 1
+            self.metrics.mark("tts_started", clock.now())
+            pending: list[Pcm16] = []
+            try:
+                async with contextlib.aclosing(m.tts.synthesize(text)) as audio:
+                    async for pcm in audio:
+                        self.metrics.mark("tts_first_chunk", clock.now())
+                        unit.samples += pcm.size
+                        if not self.committed.is_set():
+                            pending.append(pcm)
+                            continue
+                        for held in pending:
+                            await self._play(held, unit.mark)
+                        pending.clear()
+                        await self._play(pcm, unit.mark)
+            except TtsError as exc:
+                log.warning("TTS failed for unit %r: %s", text[:40], exc)
+                m.emit({"type": "error", "message": f"TTS failed: {exc}"})
+                self.failed = True
+                continue
+            if pending:
+                await self.committed.wait()
+                for held in pending:
+                    await self._play(held, unit.mark)
+            unit.complete = True
+        self.metrics.mark("tts_complete", clock.now())
+
+
+async def _with_timeouts(
+    stream: AsyncIterator[str], first_s: float, next_s: float
+) -> AsyncIterator[str]:
+    timeout = first_s
+    while True:
+        try:
+            async with asyncio.timeout(timeout):
+                delta = await anext(stream)
+        except StopAsyncIteration:
+            return
+        timeout = next_s
+        if delta:
+            yield delta
+
+
+class TurnManager:
+    def __init__(
+        self,
+        llm: LLM,
+        tts: TTS,
+        sink: AudioSink,
+        conversation: Conversation,
+        clock: Clock,
+        emit: Emit,
+        config: TurnConfig | None = None,
+    ) -> None:
+        self.llm = llm
+        self.tts = tts
+        self.sink = sink
+        self.conversation = conversation
+        self.clock = clock
+        self.emit = emit
+        self.config = config or TurnConfig()
+        self.state = State.LISTENING
+        self.turns_completed = 0
+        self.history_metrics: list[TurnMetrics] = []
+        self._speculative: Reply | None = None
+        self._active: Reply | None = None
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    # --- endpointer / ASR events -------------------------------------------------------
+
+    async def on_speech_start(self) -> None:
+        await self._discard_speculative()
+        if self._active is not None:
+            await self._barge_in(self._active)
+        self._set_state(State.PROCESSING_SPEECH)
+
+    async def on_pause(self, hypothesis: str, metrics: TurnMetrics) -> None:
+        if not self.config.speculative or not normalize(hypothesis):
+            return
+        await self._discard_speculative()
+        spec_metrics = TurnMetrics(turn=metrics.turn, speculative=True)
+        self._speculative = Reply(hypothesis, spec_metrics, self)
+        log.debug("speculative reply %d for %r", self._speculative.id, hypothesis)
+
+    async def on_resume(self) -> None:
+        await self._discard_speculative()
+
+    async def on_noise(self) -> None:
+        await self._discard_speculative()
+        if self._active is None:
+            self._set_state(State.LISTENING)
+
+    async def on_final(self, text: str, metrics: TurnMetrics) -> None:
+        """End of turn with the final transcript: commit or replace the speculative reply."""
+        spec, self._speculative = self._speculative, None
+        if not normalize(text):
+            if spec is not None:
+                await _cancel(spec)
+            self._set_state(State.LISTENING)
+            return
+        if spec is not None and normalize(spec.user_text) == normalize(text):
+            reply = spec
+        else:
+            if spec is not None:
+                await _cancel(spec)
+            reply = Reply(text, TurnMetrics(turn=metrics.turn), self)
+        _adopt(reply.metrics, metrics)
+        reply.user_text = text
+        self._active = reply
+        self._set_state(State.THINKING)
+        reply.commit()
+        watcher = asyncio.get_running_loop().create_task(self._watch(reply))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    def on_mark_started(self, mark: Hashable, t: float) -> None:
+        """The outbound track played the first sample of a reply unit."""
+        reply = self._active
+        if reply is None or not isinstance(mark, tuple) or mark[0] != reply.id:
+            return
+        unit = next((u for u in reply.units if u.mark == mark), None)
+        if unit is None:
+            return
+        if mark[1] == 0:
+            reply.metrics.mark("first_audio_out", t)
+            self._set_state(State.SPEAKING)
+        self.emit({"type": "reply", "turn": reply.metrics.turn, "text": unit.text})
+
+    # --- reply lifecycle ---------------------------------------------------------------
+
+    async def _watch(self, reply: Reply) -> None:
+        try:
+            await asyncio.shield(reply.task)
+        except asyncio.CancelledError:
+            if reply.task.cancelled():
+                return  # barge-in or shutdown: handled by whoever cancelled it
+            raise
+        except Exception:
+            log.exception("reply %d crashed", reply.id)
+            self.emit({"type": "error", "message": "the reply failed"})
+        if self._active is reply:
+            self._active = None
+            self._finish(reply, reply.heard_text(self.sink), interrupted=False)
+            self._set_state(State.LISTENING)
+
+    async def _barge_in(self, reply: Reply) -> None:
+        reply.stop()
+        self.sink.clear()
+        self._active = None
+        await _cancel(reply)
+        heard = reply.heard_text(self.sink)
+        reply.metrics.mark("end", self.clock.now())
+        self._set_state(State.INTERRUPTED)
+        self._finish(reply, heard, interrupted=True)
+        log.info("barge-in: reply %d cut after %r", reply.id, heard[-60:])
+
+    def _finish(self, reply: Reply, heard: str, interrupted: bool) -> None:
+        for unit in reply.units:
+            self.sink.forget(unit.mark)
+        self.conversation.add_exchange(reply.user_text, heard)
+        self.turns_completed += 1
+        self.history_metrics.append(reply.metrics)
+        for stage, value, budget in reply.metrics.overruns(self.config.budgets_ms):
+            log.warning(
+                "turn %d over budget: %s %.0f ms > %.0f ms",
+                reply.metrics.turn,
+                stage,
+                value,
+                budget,
+            )
+        self.emit(
+            {
+                "type": "turn",
+                "turn": reply.metrics.turn,
+                "heard": reply.user_text,
+                "reply": heard,
+                "interrupted": interrupted,
+                "metrics": reply.metrics.as_dict(),
+            }
+        )
+
+    async def _discard_speculative(self) -> None:
+        spec, self._speculative = self._speculative, None
+        if spec is not None:
+            await _cancel(spec)
+
+    def _set_state(self, state: State) -> None:
+        if state != self.state:
+            self.state = state
+            self.emit({"type": "state", "state": str(state)})
+
+    async def aclose(self) -> None:
+        await self._discard_speculative()
+        if self._active is not None:
+            reply, self._active = self._active, None
+            await _cancel(reply)
+        for watcher in list(self._watchers):
+            watcher.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+
+
+def _adopt(target: TurnMetrics, source: TurnMetrics) -> None:
+    """Copy the session-side stage times (speech, endpoint, ASR) into the reply's metrics."""
+    for name in (
+        "audio_chunk_received",
+        "speech_start",
+        "speech_end",
+        "endpoint",
+        "asr_started",
+        "asr_partial",
+        "asr_complete",
+    ):
+        value = getattr(source, name)
+        if value is not None:
+            target.mark(name, value, overwrite=True)
+
+
+async def _cancel(reply: Reply) -> None:
+    """Cancel a reply and wait until its streams are closed; never swallows our own cancel."""
+    reply.task.cancel()
+    try:
+        await reply.task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception:
+        log.exception("reply %d failed while being cancelled", reply.id)

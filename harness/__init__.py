@@ -1,0 +1,1 @@
+"""Headless peer harness: a real aiortc caller that talks to the agent and measures it."""

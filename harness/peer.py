@@ -1,0 +1,248 @@
+"""Caller: a real aiortc peer that speaks utterances to the agent and measures what it hears.
+
+Voice-to-voice latency (README, "Measurement conventions"): from the instant the last speech
+sample of an utterance is handed to the sender, to the arrival of the first reply sample
+louder than -40 dBFS. Both instants are read on this process's monotonic clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import av
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from agent import patches
+from agent.audio import OUT_FRAME_SAMPLES, OUT_RATE_HZ, Pcm16, to_mono
+from agent.clock import MonotonicClock
+from agent.outbound import OutboundAudioTrack
+
+log = logging.getLogger(__name__)
+
+LOUD = int(32768 * 10 ** (-40 / 20))  # -40 dBFS sample threshold
+
+
+def first_speech_offset(pcm: Pcm16) -> int:
+    """Sample index of the first sample louder than -40 dBFS (0 if none)."""
+    loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > LOUD)
+    return int(loud[0]) if loud.size else 0
+
+
+def last_speech_offset(pcm: Pcm16) -> int:
+    """Sample index just after the last 20 ms window that is louder than -40 dBFS."""
+    n = pcm.size // OUT_FRAME_SAMPLES
+    for i in range(n - 1, -1, -1):
+        w = pcm[i * OUT_FRAME_SAMPLES : (i + 1) * OUT_FRAME_SAMPLES].astype(np.int32)
+        if np.max(np.abs(w)) > LOUD:
+            return (i + 1) * OUT_FRAME_SAMPLES
+    return pcm.size
+
+
+@dataclass
+class Event:
+    t: float
+    data: dict[str, Any]
+
+
+@dataclass
+class TurnResult:
+    label: str
+    heard: str | None
+    reply: str | None
+    v2v_ms: float | None
+    interrupted: bool = False
+    server: dict[str, Any] = field(default_factory=dict)
+    t_speech_end: float = 0.0
+    reply_pcm: Pcm16 = field(default_factory=lambda: np.zeros(0, np.int16))
+
+
+class Caller:
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.clock = MonotonicClock()
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.mic = OutboundAudioTrack(self.clock, max_ahead_ms=200, on_mark_started=self._started)
+        self.events: list[Event] = []
+        self.session_id: str | None = None
+        self._frames: list[tuple[float, Pcm16]] = []  # (arrival, 48 kHz mono)
+        self._mark_start: dict[object, float] = {}
+        self._event_signal = asyncio.Event()
+        self._mark_signal = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._connected = asyncio.Event()
+        host = urlsplit(self.url).hostname or ""
+        if host in ("127.0.0.1", "localhost"):
+            patches.pin_host_addresses(["127.0.0.1"])
+
+    def _started(self, mark: object, t: float) -> None:
+        self._mark_start[mark] = t
+        self._mark_signal.set()
+        self._mark_signal = asyncio.Event()
+
+    async def connect(self, timeout_s: float = 20.0) -> None:
+        self.pc.addTransceiver(self.mic, direction="sendrecv")
+        channel = self.pc.createDataChannel("events")
+
+        @channel.on("message")
+        def on_message(message: str | bytes) -> None:
+            try:
+                data = json.loads(message)
+            except ValueError:
+                log.warning("bad event message %r", message)
+                return
+            self.events.append(Event(self.clock.now(), data))
+            self._event_signal.set()
+            self._event_signal = asyncio.Event()
+
+        @self.pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            task = asyncio.get_running_loop().create_task(self._record(track))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        @channel.on("open")
+        def on_open() -> None:
+            self._connected.set()
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        offer = {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                self.url + "/offer", json=offer, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as resp,
+        ):
+            body = await resp.json()
+            if resp.status != 200:
+                raise RuntimeError(f"offer rejected: {resp.status} {body.get('error')}")
+        self.session_id = body["session_id"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(body["sdp"], body["type"]))
+        async with asyncio.timeout(timeout_s):
+            await self._connected.wait()
+
+    async def _record(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            t = self.clock.now()
+            assert isinstance(frame, av.AudioFrame)
+            pcm = frame.to_ndarray().reshape(-1).astype(np.int16)
+            mono = to_mono(pcm, len(frame.layout.channels))
+            self._frames.append((t, mono))
+
+    # --- speaking --------------------------------------------------------------------------
+
+    async def play(self, pcm: Pcm16, mark: object) -> float:
+        """Send an utterance in real time; returns when its last speech sample was sent."""
+        await self.mic.enqueue(pcm, mark)
+        while mark not in self._mark_start:
+            await self._mark_signal.wait()
+        t_end = self._mark_start[mark] + last_speech_offset(pcm) / OUT_RATE_HZ
+        await self.clock.sleep(max(0.0, t_end - self.clock.now()))
+        return t_end
+
+    def speech_onset(self, mark: object, pcm: Pcm16) -> float:
+        """When the first loud sample of an utterance played with `mark` was sent."""
+        return self._mark_start[mark] + first_speech_offset(pcm) / OUT_RATE_HZ
+
+    def first_loud_after(self, t: float) -> float | None:
+        """Arrival time of the first reply sample louder than -40 dBFS after `t`."""
+        for arrival, pcm in self._frames:
+            if arrival < t:
+                continue
+            loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > LOUD)
+            if loud.size:
+                # The frame is heard from its arrival; its loud sample idx ms later.
+                return arrival + float(loud[0]) / OUT_RATE_HZ
+        return None
+
+    def last_loud_before(self, t: float) -> float | None:
+        last = None
+        for arrival, pcm in self._frames:
+            if arrival > t:
+                break
+            if np.max(np.abs(pcm.astype(np.int32))) > LOUD:
+                last = arrival + pcm.size / OUT_RATE_HZ
+        return last
+
+    def audio_between(self, t0: float, t1: float) -> Pcm16:
+        parts = [pcm for t, pcm in self._frames if t0 <= t <= t1]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int16)
+
+    async def wait_event(
+        self, predicate: Callable[[dict[str, Any]], bool], after: float, timeout_s: float
+    ) -> Event | None:
+        deadline = self.clock.now() + timeout_s
+        while True:
+            for ev in self.events:
+                if ev.t >= after and predicate(ev.data):
+                    return ev
+            remaining = deadline - self.clock.now()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._event_signal.wait()
+
+    async def say(self, label: str, pcm: Pcm16, timeout_s: float = 30.0) -> TurnResult:
+        """Speak one utterance and wait until the agent's reply has finished playing."""
+        t_start = self.clock.now()
+        t_end = await self.play(pcm, ("utt", label, t_start))
+        turn = await self.wait_event(
+            lambda d: d.get("type") == "turn" or (d.get("type") == "final" and not d.get("text")),
+            t_start,
+            timeout_s,
+        )
+        if turn is not None and turn.data["type"] != "turn":
+            turn = None  # nothing understood, so no reply is coming
+        # The last reply frames are still in flight when the server reports the turn done.
+        await asyncio.sleep(0.3)
+        final = next(
+            (
+                e.data["text"]
+                for e in reversed(self.events)
+                if e.t >= t_start and e.data.get("type") == "final"
+            ),
+            None,
+        )
+        onset = self.first_loud_after(t_end)
+        t_stop = self.clock.now()
+        return TurnResult(
+            label=label,
+            heard=final if turn is None else turn.data.get("heard", final),
+            reply=None if turn is None else turn.data.get("reply"),
+            v2v_ms=None if onset is None or turn is None else round((onset - t_end) * 1000, 1),
+            interrupted=bool(turn and turn.data.get("interrupted")),
+            server={} if turn is None else dict(turn.data.get("metrics", {})),
+            t_speech_end=t_end,
+            reply_pcm=self.audio_between(t_end, t_stop),
+        )
+
+    async def close(self) -> None:
+        if self.session_id is not None:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.delete(
+                        f"{self.url}/session/{self.session_id}",
+                        timeout=aiohttp.ClientTimeout(total=5),
+                    ),
+                ):
+                    pass
+        self.mic.stop()
+        await self.pc.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

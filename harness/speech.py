@@ -1,0 +1,72 @@
+"""Utterances for the caller: WAV files of any common rate, or text spoken by the embedded TTS."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from agent.audio import OUT_RATE_HZ, Pcm16
+from agent.tts import TtsPoolConfig, TtsWorkerPool
+
+
+@dataclass(frozen=True)
+class Utterance:
+    label: str  # the text (for --say) or the file name
+    pcm48k: Pcm16  # mono int16 at 48 kHz
+    text: str | None = None  # the reference words, when known
+
+
+def load_wav(path: Path) -> Pcm16:
+    """Decode any file FFmpeg reads (WAV of any rate/width/channels) to 48 kHz mono int16."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=OUT_RATE_HZ)
+    parts: list[Pcm16] = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            for out in resampler.resample(frame):
+                parts.append(out.to_ndarray().reshape(-1).astype(np.int16))
+    for out in resampler.resample(None):
+        parts.append(out.to_ndarray().reshape(-1).astype(np.int16))
+    if not parts:
+        raise ValueError(f"{path}: no audio")
+    return np.concatenate(parts).astype(np.int16)
+
+
+def write_wav(path: Path, pcm: Pcm16, rate_hz: int = OUT_RATE_HZ) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate_hz)
+        w.writeframes(pcm.astype("<i2").tobytes())
+
+
+@contextlib.asynccontextmanager
+async def synthesizer(engine: str = "piper") -> AsyncIterator[TtsWorkerPool]:
+    pool = TtsWorkerPool(TtsPoolConfig(engine=engine, workers=1))
+    await pool.start()
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
+
+
+async def synthesize(pool: TtsWorkerPool, text: str) -> Pcm16:
+    parts = [pcm async for pcm in pool.synthesize(text)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int16)
+
+
+async def prepare(
+    wavs: Sequence[str], texts: Sequence[str], engine: str = "piper"
+) -> list[Utterance]:
+    utterances = [Utterance(Path(w).name, load_wav(Path(w))) for w in wavs]
+    if texts:
+        async with synthesizer(engine) as pool:
+            for text in texts:
+                utterances.append(Utterance(text, await synthesize(pool, text), text))
+    return utterances

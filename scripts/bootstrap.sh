@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Idempotent set-up used by the Makefile.
+#   bootstrap.sh python  -> .venv with every pinned Python dependency (server, embedded engines, dev tools)
+#   bootstrap.sh system  -> Debian packages the test tiers need (espeak-ng, Chromium); skipped when present
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "bootstrap: need root (or sudo) to run: $*" >&2; return 1; fi
+}
+
+case "${1:-python}" in
+python)
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --upgrade pip
+    "$VENV/bin/pip" install --quiet -e '.[tts,dev]'
+    "$VENV/bin/python" -m agent.selfcheck
+    touch "$VENV/.installed"
+    ;;
+system)
+    missing=()
+    command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+    command -v chromium >/dev/null || missing+=(chromium)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "bootstrap: installing Debian packages: ${missing[*]}"
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+    ;;
+*)
+    echo "usage: $0 python|system" >&2; exit 2 ;;
+esac

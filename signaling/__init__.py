@@ -1,0 +1,1 @@
+"""ringback signaling: the aiohttp server that negotiates calls and owns their lifetime."""

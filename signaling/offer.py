@@ -1,0 +1,95 @@
+"""JSON offer/answer endpoint: validate the offer, answer it, or say clearly what is wrong.
+
+    POST /offer   {"sdp": "...", "type": "offer"}  →  {"sdp", "type": "answer", "session_id"}
+
+Errors are JSON {"error": "..."}: 400 malformed JSON / missing fields / unparsable SDP,
+413 body over the limit, 415 not JSON, 422 no audio m-line or no common audio codec,
+503 + Retry-After at capacity.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiortc import RTCSessionDescription
+from aiortc.sdp import SessionDescription
+
+from signaling.peers import CallRegistry, CapacityError
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_AUDIO_CODECS = frozenset({"opus", "pcmu", "pcma", "g722"})
+
+
+class OfferError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def check_offer_sdp(sdp: str) -> None:
+    """Reject offers aiortc cannot serve as a voice call, with a reason a developer can act on."""
+    if not sdp.lstrip().startswith("v=0"):
+        raise OfferError(400, "unparsable SDP: it must start with 'v=0'")
+    try:
+        desc = SessionDescription.parse(sdp)
+    except Exception as exc:
+        raise OfferError(400, f"unparsable SDP: {exc}") from exc
+    audio = [m for m in desc.media if m.kind == "audio"]
+    if not audio:
+        raise OfferError(422, "the offer has no audio m-line")
+    offered = {c.mimeType.split("/")[-1].lower() for m in audio for c in m.rtp.codecs}
+    if not offered & SUPPORTED_AUDIO_CODECS:
+        raise OfferError(
+            422,
+            f"no common audio codec: offered {sorted(offered) or 'none'}, "
+            f"supported {sorted(SUPPORTED_AUDIO_CODECS)}",
+        )
+
+
+async def parse_offer(request: web.Request) -> RTCSessionDescription:
+    if request.content_type != "application/json":
+        raise OfferError(415, "send the offer as application/json")
+    raw = await request.read()  # raises 413 past client_max_size
+    try:
+        body: Any = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OfferError(400, f"malformed JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise OfferError(400, "the body must be a JSON object with 'sdp' and 'type'")
+    sdp, kind = body.get("sdp"), body.get("type")
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise OfferError(400, "missing field 'sdp' (a string)")
+    if kind != "offer":
+        raise OfferError(400, "field 'type' must be 'offer'")
+    check_offer_sdp(sdp)
+    return RTCSessionDescription(sdp=sdp, type="offer")
+
+
+async def handle_offer(
+    request: web.Request, registry: CallRegistry, retry_after_s: int
+) -> web.Response:
+    try:
+        offer = await parse_offer(request)
+        if registry.full:
+            raise CapacityError
+        answer, call = await registry.open(offer)
+    except OfferError as exc:
+        log.info("offer rejected (%d): %s", exc.status, exc)
+        return json_error(exc.status, str(exc))
+    except CapacityError:
+        log.warning("offer rejected: at capacity (%d sessions)", len(registry.calls))
+        return json_error(
+            503, "server busy: too many calls", headers={"Retry-After": str(retry_after_s)}
+        )
+    except ValueError as exc:  # aiortc rejected the SDP (no ICE credentials, no fingerprint...)
+        log.info("offer rejected by the WebRTC stack: %s", exc)
+        return json_error(400, f"SDP rejected: {exc}")
+    return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": call.id})
