@@ -48,7 +48,11 @@ class State(StrEnum):
 
 
 class AudioSink(Protocol):
-    """What the reply needs from the outbound track."""
+    """What the reply needs from the outbound track.
+
+    `enqueue` waits for room (backpressure); audio whose call was still waiting when `clear()`
+    ran is dropped, so a barge-in can never be refilled by a reply that is being cancelled.
+    """
 
     async def enqueue(self, pcm: Pcm16, mark: Hashable) -> None: ...
 
@@ -80,6 +84,7 @@ class _Unit:
     text: str
     samples: int = 0
     complete: bool = False
+    failed: bool = False
 
 
 def normalize(text: str) -> str:
@@ -125,6 +130,8 @@ class Reply:
         """The words the user actually heard (a partly played unit is cut proportionally)."""
         heard: list[str] = []
         for unit in self.units:
+            if unit.failed:
+                continue  # never synthesized: nothing was heard, the reply went on
             played = sink.played_samples(unit.mark)
             if played <= 0:
                 break
@@ -208,6 +215,7 @@ class Reply:
                 log.warning("TTS failed for unit %r: %s", text[:40], exc)
                 m.emit({"type": "error", "message": f"TTS failed: {exc}"})
                 self.failed = True
+                unit.failed = True
                 continue
             if pending:
                 await self.committed.wait()

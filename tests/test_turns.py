@@ -1,0 +1,307 @@
+"""Tier 2: the TurnManager on a fake clock with scripted engines (speculation, barge-in, errors)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Hashable, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.audio import Pcm16
+from agent.clock import FakeClock
+from agent.llm import Conversation, LlmError, Message, Role
+from agent.metrics import TurnMetrics
+from agent.tts import TtsError
+from agent.turns import FALLBACK_REPLY, State, TurnConfig, TurnManager
+
+CHUNK = 4800  # 100 ms at 48 kHz
+
+
+class ScriptedLlm:
+    name = "scripted"
+
+    def __init__(self, reply: str = "It's noon. Anything else?", error: bool = False,
+                 hang: bool = False) -> None:
+        self.reply = reply
+        self.error = error
+        self.hang = hang
+        self.calls: list[str] = []
+        self.closed = 0
+
+    async def complete(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]:
+        self.calls.append(messages[-1].content)
+        try:
+            if self.error:
+                raise LlmError("scripted failure", retryable=True)
+            if self.hang:
+                await asyncio.sleep(3600)
+            for i, word in enumerate(self.reply.split(" ")):
+                await asyncio.sleep(0)
+                yield word if i == 0 else " " + word
+        finally:
+            self.closed += 1
+
+    async def aclose(self) -> None:
+        return None
+
+
+class ScriptedTts:
+    name = "scripted"
+    sample_rate_hz = 48_000
+
+    def __init__(
+        self, chunks_per_unit: int = 3, fail_on: str | None = None, instant: bool = False
+    ) -> None:
+        self.chunks_per_unit = chunks_per_unit
+        self.instant = instant  # chunks already waiting in the pipe: no await between them
+        self.fail_on = fail_on
+        self.texts: list[str] = []
+        self.closed = 0
+
+    async def synthesize(self, text: str) -> AsyncGenerator[Pcm16, None]:
+        self.texts.append(text)
+        try:
+            if self.fail_on is not None and self.fail_on in text:
+                raise TtsError("scripted TTS failure")
+            for _ in range(self.chunks_per_unit):
+                if not self.instant:
+                    await asyncio.sleep(0)
+                yield np.full(CHUNK, 1000, np.int16)
+        finally:
+            self.closed += 1
+
+
+class FakeSink:
+    """Stands in for the outbound track: queues audio; `play()` plays it like recv() would."""
+
+    def __init__(self, manager_ref: list[TurnManager], clock: FakeClock) -> None:
+        self._ref = manager_ref
+        self._clock = clock
+        self.queue: list[tuple[Hashable, int]] = []
+        self.played: dict[Hashable, int] = {}
+        self.cleared = 0
+        self.max_queued = 0
+        self._changed = asyncio.Event()
+
+    async def enqueue(self, pcm: Pcm16, mark: Hashable) -> None:
+        cleared = self.cleared
+        while sum(n for _, n in self.queue) > 3 * CHUNK:  # backpressure like the real track
+            await self._wait()
+            if self.cleared != cleared:
+                return  # the AudioSink contract: audio waiting across a clear() is dropped
+        self.queue.append((mark, pcm.size))
+        self.max_queued = max(self.max_queued, sum(n for _, n in self.queue))
+
+    async def wait_drained(self) -> None:
+        while self.queue:
+            await self._wait()
+
+    def clear(self) -> int:
+        dropped = sum(n for _, n in self.queue)
+        self.queue.clear()
+        self.cleared += 1
+        self._wake()
+        return dropped
+
+    def played_samples(self, mark: Hashable) -> int:
+        return self.played.get(mark, 0)
+
+    def forget(self, mark: Hashable) -> None:
+        self.played.pop(mark, None)
+
+    def play(self, samples: int) -> None:
+        while samples > 0 and self.queue:
+            mark, n = self.queue[0]
+            take = min(n, samples)
+            if mark not in self.played:
+                self._ref[0].on_mark_started(mark, self._clock.now())
+            self.played[mark] = self.played.get(mark, 0) + take
+            samples -= take
+            if take == n:
+                self.queue.pop(0)
+            else:
+                self.queue[0] = (mark, n - take)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait(self) -> None:
+        await self._changed.wait()
+
+
+class Rig:
+    def __init__(self, llm: ScriptedLlm, tts: ScriptedTts, config: TurnConfig | None = None) -> None:
+        self.clock = FakeClock()
+        self.events: list[dict[str, Any]] = []
+        ref: list[TurnManager] = []
+        self.sink = FakeSink(ref, self.clock)
+        self.conversation = Conversation()
+        self.llm, self.tts = llm, tts
+        self.tm = TurnManager(llm, tts, self.sink, self.conversation, self.clock,
+                              self.events.append, config or TurnConfig())
+        ref.append(self.tm)
+        self.turn = 0
+
+    def metrics(self) -> TurnMetrics:
+        m = TurnMetrics(turn=self.turn)
+        m.mark("speech_start", self.clock.now() - 1.0)
+        m.mark("speech_end", self.clock.now() - 0.4)
+        m.mark("endpoint", self.clock.now())
+        return m
+
+    async def settle(self) -> None:
+        for _ in range(50):
+            await asyncio.sleep(0)
+
+    async def play_all(self) -> None:
+        for _ in range(200):
+            await self.settle()
+            if not self.sink.queue and self.tm.state == State.LISTENING:
+                return
+            self.sink.play(CHUNK)
+        raise AssertionError("reply never finished")
+
+    def states(self) -> list[str]:
+        return [e["state"] for e in self.events if e["type"] == "state"]
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+
+async def test_speculative_reply_is_held_until_committed() -> None:
+    rig = Rig(ScriptedLlm(), ScriptedTts())
+    rig.turn = 1
+    await rig.tm.on_speech_start()
+    await rig.tm.on_pause("what time is it", rig.metrics())
+    await rig.settle()
+    assert rig.llm.calls == ["what time is it"], "the reply should start during the pause"
+    assert rig.sink.queue == [], "nothing may play before the end of turn commits it"
+
+    await rig.tm.on_final("What time is it?", rig.metrics())
+    await rig.play_all()
+
+    assert rig.llm.calls == ["what time is it"], "a matching final reuses the speculative reply"
+    assert rig.states() == ["processing_speech", "thinking", "speaking", "listening"]
+    (turn,) = rig.of_type("turn")
+    assert turn["heard"] == "What time is it?"
+    assert turn["reply"] == "It's noon. Anything else?"
+    assert turn["interrupted"] is False
+    assert turn["metrics"]["speculative"] is True
+    assert [e["text"] for e in rig.of_type("reply")] == ["It's noon.", "Anything else?"]
+    assert rig.conversation.turns == [
+        Message(Role.USER, "What time is it?"),
+        Message(Role.ASSISTANT, "It's noon. Anything else?"),
+    ]
+    assert rig.sink.max_queued <= 4 * CHUNK, "backpressure: a reply is never buffered whole"
+
+
+async def test_different_final_discards_the_speculative_reply() -> None:
+    rig = Rig(ScriptedLlm(), ScriptedTts())
+    await rig.tm.on_speech_start()
+    await rig.tm.on_pause("what time", rig.metrics())
+    await rig.settle()
+    await rig.tm.on_final("what time is it in Paris", rig.metrics())
+    await rig.play_all()
+    assert rig.llm.calls == ["what time", "what time is it in Paris"]
+    assert rig.llm.closed == 2, "the discarded LLM stream must be closed"
+    (turn,) = rig.of_type("turn")
+    assert turn["heard"] == "what time is it in Paris"
+    assert turn["metrics"]["speculative"] is False
+    assert rig.conversation.turns[0].content == "what time is it in Paris"
+
+
+async def test_resume_discards_and_nothing_enters_history() -> None:
+    rig = Rig(ScriptedLlm(), ScriptedTts())
+    await rig.tm.on_speech_start()
+    await rig.tm.on_pause("what", rig.metrics())
+    await rig.settle()
+    await rig.tm.on_resume()
+    await rig.settle()
+    assert rig.llm.closed == 1
+    assert rig.sink.queue == []
+    assert rig.conversation.turns == []
+    assert rig.of_type("turn") == []
+    await rig.tm.aclose()
+
+
+async def test_empty_final_returns_to_listening() -> None:
+    rig = Rig(ScriptedLlm(), ScriptedTts())
+    await rig.tm.on_speech_start()
+    await rig.tm.on_final("", rig.metrics())
+    assert rig.tm.state == State.LISTENING
+    assert rig.llm.calls == []
+
+
+async def test_barge_in_stops_audio_and_keeps_only_what_was_heard() -> None:
+    story = "One two three four. Five six seven eight. Nine ten eleven twelve."
+    rig = Rig(ScriptedLlm(story), ScriptedTts(chunks_per_unit=4, instant=True))
+    await rig.tm.on_speech_start()
+    await rig.tm.on_final("tell me a story", rig.metrics())
+    await rig.settle()
+    # Play all of unit 0 (4 chunks) and half of unit 1.
+    for _ in range(6):
+        await rig.settle()
+        rig.sink.play(CHUNK)
+    await rig.settle()
+    assert rig.tm.state == State.SPEAKING
+
+    await rig.tm.on_speech_start()  # the user talks over the agent
+
+    assert rig.sink.cleared == 1 and rig.sink.queue == []
+    assert rig.states()[-2:] == ["interrupted", "processing_speech"]
+    (turn,) = rig.of_type("turn")
+    assert turn["interrupted"] is True
+    assert turn["reply"] == "One two three four. Five six"
+    assert rig.conversation.turns[-1] == Message(Role.ASSISTANT, "One two three four. Five six")
+    assert rig.llm.closed == 1, "barge-in closes the LLM stream"
+    assert rig.tts.closed == len(rig.tts.texts), "barge-in closes the TTS stream"
+    await rig.settle()
+    assert rig.sink.queue == [], "no audio may be queued after the barge-in"
+
+
+async def test_llm_failure_speaks_a_fallback_and_reports_it() -> None:
+    rig = Rig(ScriptedLlm(error=True), ScriptedTts())
+    await rig.tm.on_speech_start()
+    await rig.tm.on_final("hello", rig.metrics())
+    await rig.play_all()
+    assert rig.tts.texts == [FALLBACK_REPLY]
+    assert any("LLM failed" in e["message"] for e in rig.of_type("error"))
+    assert rig.of_type("turn")[0]["reply"] == FALLBACK_REPLY
+
+
+async def test_llm_that_hangs_times_out() -> None:
+    config = TurnConfig(llm_first_token_timeout_s=0.05)
+    rig = Rig(ScriptedLlm(hang=True), ScriptedTts(), config)
+    await rig.tm.on_speech_start()
+    await rig.tm.on_final("hello", rig.metrics())
+    await asyncio.sleep(0.1)
+    await rig.play_all()
+    assert rig.tts.texts == [FALLBACK_REPLY]
+    assert rig.llm.closed == 1
+
+
+async def test_tts_failure_skips_the_unit_and_goes_on() -> None:
+    rig = Rig(ScriptedLlm("First part. Broken part. Last part."), ScriptedTts(fail_on="Broken"))
+    await rig.tm.on_speech_start()
+    await rig.tm.on_final("go", rig.metrics())
+    await rig.play_all()
+    assert rig.tts.texts == ["First part.", "Broken part.", "Last part."]
+    assert [e["text"] for e in rig.of_type("reply")] == ["First part.", "Last part."]
+    assert rig.of_type("error")
+    assert rig.of_type("turn")[0]["reply"] == "First part. Last part."
+
+
+async def test_metrics_are_relative_to_end_of_speech() -> None:
+    rig = Rig(ScriptedLlm(), ScriptedTts())
+    await rig.tm.on_speech_start()
+    await rig.clock.advance(0.4)
+    await rig.tm.on_final("what time is it", rig.metrics())
+    await rig.play_all()
+    m = rig.of_type("turn")[0]["metrics"]
+    assert m["eou_delay_ms"] == pytest.approx(400.0)
+    for key in ("llm_first_token_ms", "tts_first_chunk_ms", "time_to_first_audio_ms", "total_ms"):
+        assert m[key] is not None and m[key] >= 400.0
