@@ -21,3 +21,11 @@ class AgentConfig:
     llm_engine: str = "local"  # local | openai
     tts: TtsPoolConfig = field(default_factory=TtsPoolConfig)
     system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.vad_aggressiveness not in (0, 1, 2, 3):
+            raise ValueError("VAD aggressiveness must be 0..3")
+        if self.preroll_ms < 0 or self.partial_interval_ms <= 0 or self.outbound_max_ahead_ms < 20:
+            raise ValueError("preroll_ms >= 0, partial_interval_ms > 0, outbound_max_ahead_ms >= 20")
+        if self.tts.workers < 1:
+            raise ValueError("need at least one TTS worker")

@@ -13,6 +13,13 @@ as_root() {
 
 case "${1:-python}" in
 python)
+    python3 -c 'import sys; assert sys.version_info >= (3, 11)' ||
+        { echo "bootstrap: ringback needs Python >= 3.11" >&2; exit 1; }
+    if ! python3 -c 'import ensurepip' 2>/dev/null; then
+        echo "bootstrap: installing Debian's python3-venv"
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends python3-venv
+    fi
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip
     "$VENV/bin/pip" install --quiet -e '.[tts,dev]'

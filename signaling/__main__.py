@@ -51,45 +51,67 @@ def _csv(text: str) -> tuple[str, ...]:
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     d = ServerConfig()
     e = EndpointerConfig()
-    p.add_argument("--host", default=env("HOST", d.host, str))
-    p.add_argument("--port", type=int, default=env("PORT", d.port, int))
-    p.add_argument("--max-sessions", type=int, default=env("MAX_SESSIONS", d.max_sessions, int))
-    p.add_argument("--max-call-s", type=float, default=env("MAX_CALL_S", d.max_call_s, float))
-    p.add_argument(
-        "--max-body-bytes", type=int, default=env("MAX_BODY_BYTES", d.max_body_bytes, int)
+
+    def arg(flag: str, default: object, cast: Callable[[str], object], help: str) -> None:
+        name = flag.removeprefix("--").replace("-", "_").upper()
+        value = env(name, default, cast)
+        if cast is _bool:
+            p.add_argument(flag, action="store_true", default=value, help=help)
+        else:
+            p.add_argument(flag, type=cast, default=value, help=help)
+
+    arg("--host", d.host, str, "address to listen on")
+    arg("--port", d.port, int, "HTTP port")
+    arg("--max-sessions", d.max_sessions, int, "concurrent calls; more get 503 + Retry-After")
+    arg("--max-call-s", d.max_call_s, float, "a call is hung up after this long")
+    arg(
+        "--connect-timeout-s",
+        d.connect_timeout_s,
+        float,
+        "an answered call that has not connected by then is dropped",
     )
-    p.add_argument(
-        "--ice-servers",
-        default=env("ICE_SERVERS", "", str),
-        help="comma-separated STUN/TURN URLs (default: none, host candidates only)",
+    arg("--max-body-bytes", d.max_body_bytes, int, "largest accepted offer body (413 above)")
+    arg("--ice-servers", "", str, "comma-separated STUN/TURN URLs; empty: host candidates only")
+    arg("--ice-username", "", str, "TURN username")
+    arg("--ice-credential", "", str, "TURN credential")
+    arg("--ice-host", "", str, "comma-separated addresses advertised as ICE host candidates")
+    arg(
+        "--llm",
+        "local",
+        _choice(LLM_ENGINES),
+        "local (built-in) | openai (RINGBACK_OPENAI_BASE_URL/_MODEL/_API_KEY)",
     )
-    p.add_argument("--ice-username", default=env("ICE_USERNAME", "", str))
-    p.add_argument("--ice-credential", default=env("ICE_CREDENTIAL", "", str))
-    p.add_argument(
-        "--ice-host",
-        default=env("ICE_HOST", "", str),
-        help="comma-separated addresses to advertise as ICE host candidates (e.g. 127.0.0.1)",
+    arg(
+        "--tts",
+        "piper",
+        _choice(TTS_ENGINES),
+        "piper (natural voice) | espeak (fast, robotic; needs espeak-ng)",
     )
-    p.add_argument("--llm", choices=LLM_ENGINES, default=env("LLM", "local", str))
-    p.add_argument("--tts", choices=TTS_ENGINES, default=env("TTS", "piper", str))
-    p.add_argument("--tts-voice", default=env("TTS_VOICE", "", str))
-    p.add_argument("--tts-workers", type=int, default=env("TTS_WORKERS", 2, int))
-    p.add_argument("--vad-aggressiveness", type=int, default=env("VAD_AGGRESSIVENESS", 2, int))
-    p.add_argument("--min-speech-ms", type=int, default=env("MIN_SPEECH_MS", e.min_speech_ms, int))
-    p.add_argument(
-        "--eou-silence-ms", type=int, default=env("EOU_SILENCE_MS", e.eou_silence_ms, int)
-    )
-    p.add_argument("--speculate-ms", type=int, default=env("SPECULATE_MS", e.speculate_ms, int))
-    p.add_argument(
-        "--no-speculation", action="store_true", default=env("NO_SPECULATION", False, _bool)
-    )
-    p.add_argument("--system-prompt", default=env("SYSTEM_PROMPT", "", str))
-    p.add_argument(
+    arg("--tts-voice", "", str, "piper: path to an .onnx voice; espeak: a voice name")
+    arg("--tts-workers", 2, int, "TTS worker processes shared by all calls")
+    arg("--vad-aggressiveness", 2, int, "webrtcvad 0 (lenient) .. 3 (strict)")
+    arg("--min-speech-ms", e.min_speech_ms, int, "voiced audio that starts a turn or a barge-in")
+    arg("--eou-silence-ms", e.eou_silence_ms, int, "silence that ends the user's turn")
+    arg("--speculate-ms", e.speculate_ms, int, "silence after which a reply starts speculatively")
+    arg("--no-speculation", False, _bool, "start replies only after the end of turn")
+    arg("--system-prompt", "", str, "LLM system prompt; empty: a short voice-assistant prompt")
+    arg(
         "--budgets",
-        default=env("BUDGETS", "", str),
-        help="latency budgets, e.g. time_to_first_audio_ms=800,llm_first_token_ms=500",
+        "",
+        str,
+        "latency budgets, e.g. time_to_first_audio_ms=800,llm_first_token_ms=500",
     )
-    p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO", str))
+    arg("--log-level", "INFO", str, "DEBUG | INFO | WARNING")
+
+
+def _choice(choices: Sequence[str]) -> Callable[[str], str]:
+    def cast(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+
+    cast.__name__ = "choice"
+    return cast
 
 
 def _bool(text: str) -> bool:
@@ -118,6 +140,7 @@ def server_config(a: argparse.Namespace) -> ServerConfig:
         port=a.port,
         max_sessions=a.max_sessions,
         max_call_s=a.max_call_s,
+        connect_timeout_s=a.connect_timeout_s,
         max_body_bytes=a.max_body_bytes,
         ice_servers=ice,
         ice_host_addresses=_csv(a.ice_host),
@@ -143,9 +166,19 @@ def serve(a: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ringback", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_serve = sub.add_parser("serve", help="run the voice agent server")
+    p_serve = sub.add_parser(
+        "serve",
+        help="run the voice agent server",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Every flag also reads RINGBACK_<FLAG> from the environment "
+        "(e.g. --max-sessions ← RINGBACK_MAX_SESSIONS); a flag given wins.",
+    )
     add_serve_args(p_serve)
-    p_call = sub.add_parser("call", help="call an agent with a headless WebRTC peer")
+    p_call = sub.add_parser(
+        "call",
+        help="call an agent with a headless WebRTC peer",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     from harness.cli import add_call_args
 
     add_call_args(p_call)

@@ -30,6 +30,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if request.path == "/" or request.path.startswith("/static") or exc.status < 400:
             raise
+        if exc.status == 413:
+            limit = request.app[CONFIG].max_body_bytes
+            return json_error(413, f"request body too large: the limit is {limit} bytes")
         return json_error(exc.status, exc.reason or "error")
 
 

@@ -30,3 +30,9 @@ class ServerConfig:
     ice_host_addresses: tuple[str, ...] = ()  # pin host candidates (e.g. 127.0.0.1)
     static_dir: Path = STATIC_DIR
     agent: AgentConfig = field(default_factory=AgentConfig)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"invalid port {self.port}")
+        if self.max_sessions < 1 or self.max_call_s <= 0 or self.max_body_bytes < 1024:
+            raise ValueError("max_sessions >= 1, max_call_s > 0 and max_body_bytes >= 1024")

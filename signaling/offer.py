@@ -17,7 +17,7 @@ from aiohttp import web
 from aiortc import RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
-from signaling.peers import CallRegistry, CapacityError
+from signaling.peers import CallRegistry, CapacityError, OfferRejected
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,24 @@ def check_offer_sdp(sdp: str) -> None:
         desc = SessionDescription.parse(sdp)
     except Exception as exc:
         raise OfferError(400, f"unparsable SDP: {exc}") from exc
-    audio = [m for m in desc.media if m.kind == "audio"]
+    audio = [m for m in desc.media if m.kind == "audio" and m.port != 0]
     if not audio:
-        raise OfferError(422, "the offer has no audio m-line")
+        raise OfferError(422, "the offer has no (enabled) audio m-line")
+    for m in desc.media:
+        # aiortc checks these only once ICE/DTLS start, failing the call long after answering.
+        ice = m.ice
+        if not (ice and ice.usernameFragment and ice.password):
+            raise OfferError(
+                400, f"SDP {m.kind} m-line has no ICE credentials (a=ice-ufrag/ice-pwd)"
+            )
+        if m.dtls is None:  # aiortc drops the DTLS parameters when a=setup is missing
+            raise OfferError(400, f"SDP {m.kind} m-line has no DTLS role (a=setup)")
+        if not m.dtls.fingerprints:
+            raise OfferError(400, f"SDP {m.kind} m-line has no DTLS fingerprint (a=fingerprint)")
+    if all(m.direction in ("inactive", "recvonly") for m in audio):
+        raise OfferError(
+            422, "the offer sends no audio: its audio direction must be sendrecv or sendonly"
+        )
     offered = {c.mimeType.split("/")[-1].lower() for m in audio for c in m.rtp.codecs}
     if not offered & SUPPORTED_AUDIO_CODECS:
         raise OfferError(
@@ -89,7 +104,7 @@ async def handle_offer(
         return json_error(
             503, "server busy: too many calls", headers={"Retry-After": str(retry_after_s)}
         )
-    except ValueError as exc:  # aiortc rejected the SDP (no ICE credentials, no fingerprint...)
+    except OfferRejected as exc:
         log.info("offer rejected by the WebRTC stack: %s", exc)
-        return json_error(400, f"SDP rejected: {exc}")
+        return json_error(400, f"SDP rejected by the WebRTC stack: {exc}")
     return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": call.id})

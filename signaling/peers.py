@@ -31,12 +31,17 @@ class CapacityError(Exception):
     pass
 
 
+class OfferRejected(Exception):
+    """aiortc could not apply the offer (an SDP it does not accept)."""
+
+
 @dataclass(eq=False)
 class Call:
     id: str
     pc: RTCPeerConnection
     session: Session
     track: asyncio.Future[MediaStreamTrack]
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
     blackhole: MediaBlackhole = field(default_factory=MediaBlackhole)
     task: asyncio.Task[None] | None = None
     closing: bool = False
@@ -76,9 +81,12 @@ class CallRegistry:
             pc.addTrack(session.outbound)
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
-        except BaseException:
+        except BaseException as exc:
             self.calls.pop(call_id, None)
             await pc.close()
+            if isinstance(exc, Exception):
+                # aiortc raises ValueError, AttributeError, ... for SDP it cannot use.
+                raise OfferRejected(f"{type(exc).__name__}: {exc}") from exc
             raise
         call.task = asyncio.get_running_loop().create_task(
             self._serve(call), name=f"call-{call_id}"
@@ -105,13 +113,19 @@ class CallRegistry:
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             log.info("[%s] connection %s", call.id, pc.connectionState)
+            if pc.connectionState == "connected":
+                call.connected.set()
             if pc.connectionState in ("failed", "closed") and call.task and not call.closing:
                 call.task.cancel()
 
     async def _serve(self, call: Call) -> None:
         try:
+            # aiortc announces the remote track while applying the offer, before ICE even
+            # starts, so wait for the connection itself: an offer that never connects must
+            # not hold a slot.
             async with asyncio.timeout(self.config.connect_timeout_s):
                 track = await call.track
+                await call.connected.wait()
             await call.blackhole.start()
             async with asyncio.timeout(self.config.max_call_s):
                 await call.session.run(track)
