@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.patches import OpusSendConfig
+from agent.rtp_jitter import JitterConfig
 from agent.tts import TtsPoolConfig
 from agent.turns import TurnConfig
 from agent.vad import EndpointerConfig
@@ -21,11 +23,16 @@ class AgentConfig:
     llm_engine: str = "local"  # local | openai
     tts: TtsPoolConfig = field(default_factory=TtsPoolConfig)
     system_prompt: str | None = None
+    receive_path: str = "ringback"  # ringback: own jitter buffer + Opus PLC/FEC | aiortc
+    jitter: JitterConfig = field(default_factory=JitterConfig)
+    opus_send: OpusSendConfig = field(default_factory=OpusSendConfig)
 
     def __post_init__(self) -> None:
         if self.vad_aggressiveness not in (0, 1, 2, 3):
             raise ValueError("VAD aggressiveness must be 0..3")
         if self.preroll_ms < 0 or self.partial_interval_ms <= 0 or self.outbound_max_ahead_ms < 20:
             raise ValueError("preroll_ms >= 0, partial_interval_ms > 0, outbound_max_ahead_ms >= 20")
+        if self.receive_path not in ("ringback", "aiortc"):
+            raise ValueError("receive path must be 'ringback' or 'aiortc'")
         if self.tts.workers < 1:
             raise ValueError("need at least one TTS worker")

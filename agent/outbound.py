@@ -68,8 +68,13 @@ class OutboundAudioTrack(MediaStreamTrack):
         if deadline > now:
             await self._clock.sleep(deadline - now)
         elif now - deadline > RESYNC_LATE_S:
-            log.debug("outbound track %.0f ms late, resyncing", (now - deadline) * 1000)
-            self._t0 = now - self._frames * FRAME_S
+            # Skip the missed slots in the timestamps too: pts follows the real clock, so a
+            # receiver sees a gap, not a sudden change in delay.
+            skipped = int((now - deadline) / FRAME_S)
+            log.debug(
+                "outbound track %.0f ms late, skipping %d frames", (now - deadline) * 1000, skipped
+            )
+            self._frames += skipped
         pulled = self._buffer.pull()
         t = self._clock.now()
         for mark in pulled.started:
@@ -102,6 +107,14 @@ class OutboundAudioTrack(MediaStreamTrack):
         """Until everything queued has been handed to the encoder."""
         while not self._buffer.idle:
             await self._wait_change()
+
+    def end_stream(self) -> None:
+        """The current reply has queued all its audio (an empty buffer is its end)."""
+        self._buffer.end_stream()
+
+    @property
+    def concealed_frames(self) -> int:
+        return self._buffer.concealed_frames
 
     def clear(self) -> int:
         """Barge-in: stop within one frame (short fade). Returns the queued samples dropped."""

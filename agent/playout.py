@@ -3,8 +3,10 @@
 - Audio is queued as segments, each tagged with a `mark` (which reply unit it belongs to), so
   the caller can ask how much of each unit was really played (barge-in keeps only heard text).
 - A frame is always returned: audio, or silence when idle.
-- Starts fade in, and an underrun (the buffer runs dry mid-frame) fades the last real samples
-  out, so neither clicks.
+- Starts fade in and ends fade out, so neither clicks. While a reply is still streaming
+  (between the first `push` and `end_stream()`), a dry buffer is a TTS underrun: the sound is
+  continued by pitch-period concealment (fading to silence within 60 ms) and the real audio
+  is cross-faded back in when it arrives.
 - `clear()` stops playback within one frame: the next frame fades out the audio that was
   about to play, then silence.
 """
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.audio import OUT_FRAME_SAMPLES, OUT_RATE_HZ, Pcm16, ramp
+from agent.concealment import Concealer
 
 FADE_SAMPLES = OUT_RATE_HZ * 5 // 1000  # 5 ms
 
@@ -47,7 +50,10 @@ class PlayoutBuffer:
         self._buffered = 0
         self._played: dict[Hashable, int] = {}
         self._was_playing = False
-        self.underruns = 0
+        self._open = False  # a reply is streaming into the buffer
+        self._concealer = Concealer(OUT_RATE_HZ)
+        self.underruns = 0  # the buffer ran dry while a reply was still streaming
+        self.concealed_frames = 0
 
     @property
     def buffered_samples(self) -> int:
@@ -64,6 +70,7 @@ class PlayoutBuffer:
             return
         self._segments.append(_Segment(pcm, mark))
         self._buffered += pcm.size
+        self._open = True
 
     def played_samples(self, mark: Hashable) -> int:
         return self._played.get(mark, 0)
@@ -84,6 +91,8 @@ class PlayoutBuffer:
             self._segments.append(_Segment(ramp(head, rising=False), _FADE_MARK))
             self._buffered = head.size
         self._was_playing = False  # the fade ends on purpose: not an underrun
+        self._open = False
+        self._concealer.observe(np.zeros(0, np.int16))  # a barge-in is never concealed
         return dropped
 
     def pull(self) -> PulledFrame:
@@ -92,17 +101,31 @@ class PlayoutBuffer:
         audio, touched = self._take(min(n, self._buffered), count=True)
         started = [m for m in touched if m not in heard_before and m is not _FADE_MARK]
         k = audio.size
-        if k and not self._was_playing and _FADE_MARK not in touched:
+        fading = _FADE_MARK in touched
+        out = np.zeros(n, np.int16)
+        if k and self._concealer.concealing:
+            audio = self._concealer.resume(audio)  # cross-fade out of the concealment
+        elif k and not self._was_playing and not fading:
             fade = min(FADE_SAMPLES // 2, k)
             audio[:fade] = ramp(audio[:fade], rising=True)
-        if 0 < k < n and _FADE_MARK not in touched:
+        elif k:
+            self._concealer.observe(audio)
+        if k < n and self._open and (k or self._was_playing or self._concealer.concealing):
+            # The reply is still streaming but its audio is late: continue the sound
+            # (pitch-period repetition, fading to silence) instead of a hard gap.
+            out[k:] = self._concealer.conceal(n - k)
+            self.concealed_frames += 1
+            self.underruns += 1
+        elif 0 < k < n and not fading:
             fade = min(FADE_SAMPLES // 2, k)
             audio[k - fade :] = ramp(audio[k - fade :], rising=False)
-            self.underruns += 1
         self._was_playing = k == n
-        out = np.zeros(n, np.int16)
         out[:k] = audio
         return PulledFrame(out, k, started)
+
+    def end_stream(self) -> None:
+        """No more audio is coming for now: a dry buffer is the end, not an underrun."""
+        self._open = False
 
     def _take(self, n: int, count: bool) -> tuple[Pcm16, list[Hashable]]:
         parts: list[Pcm16] = []

@@ -7,6 +7,7 @@ events → the `events` data channel
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import logging
@@ -20,7 +21,7 @@ from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.engines.registry import Engines
 from agent.events import EventChannel
-from agent.inbound import inbound_frames
+from agent.inbound import LinkStats, inbound_frames
 from agent.llm import Conversation
 from agent.metrics import TurnMetrics
 from agent.outbound import OutboundAudioTrack
@@ -39,6 +40,7 @@ class Session:
         self.engines = engines
         self.clock = clock
         self.events = EventChannel(session_id)
+        self.link: LinkStats | None = None
         self.outbound = OutboundAudioTrack(
             clock, config.outbound_max_ahead_ms, on_mark_started=self._on_mark_started
         )
@@ -58,21 +60,31 @@ class Session:
     def _on_mark_started(self, mark: Hashable, t: float) -> None:
         self.turns.on_mark_started(mark, t)
 
+    def _on_link(self, stats: LinkStats) -> None:
+        self.link = stats
+        self.events.emit(stats.as_event())
+
     async def run(self, track: MediaStreamTrack) -> None:
         """Serve the call until the inbound track ends (or the task is cancelled)."""
         recognizer = self.engines.asr.create()
-        await recognizer.open()
+        # Load the recognizer while already draining the track: packets queued during a
+        # 0.3 s model load would otherwise start the call with a deep jitter backlog.
+        opening = asyncio.get_running_loop().create_task(recognizer.open())
         self.events.emit({"type": "hello", "session_id": self.id})
         self.events.emit({"type": "state", "state": str(self.turns.state)})
         try:
-            await self._listen(track, recognizer)
+            await self._listen(track, recognizer, opening)
         finally:
+            opening.cancel()
+            await asyncio.gather(opening, return_exceptions=True)
             await self.turns.aclose()
             await recognizer.aclose()
             self.outbound.stop()
             log.info("[%s] session ended after %d turns", self.id, self.turns.turns_completed)
 
-    async def _listen(self, track: MediaStreamTrack, rec: Recognizer) -> None:
+    async def _listen(
+        self, track: MediaStreamTrack, rec: Recognizer, opening: asyncio.Task[None]
+    ) -> None:
         cfg = self.config
         vad = VoiceDetector(cfg.vad_aggressiveness, cfg.endpointer.frame_ms)
         endpointer = Endpointer(cfg.endpointer)
@@ -83,7 +95,8 @@ class Session:
         metrics = TurnMetrics(turn=0)
         last_partial_t = 0.0
         last_partial = ""
-        async with contextlib.aclosing(inbound_frames(track, self.clock)) as frames:
+        stream = inbound_frames(track, self.clock, cfg.jitter, on_stats=self._on_link)
+        async with contextlib.aclosing(stream) as frames:
             async for frame in frames:
                 event = endpointer.feed(vad.is_speech(frame.pcm16), frame.t)
                 if event is None:
@@ -107,6 +120,7 @@ class Session:
                     metrics.mark("speech_start", event.speech_start)
                     metrics.mark("asr_started", self.clock.now())
                     last_partial, last_partial_t = "", frame.t
+                    await opening  # normally long done; raises if the model failed to load
                     await rec.start()
                     for pcm in preroll:
                         await rec.push(pcm)

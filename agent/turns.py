@@ -58,6 +58,8 @@ class AudioSink(Protocol):
 
     async def wait_drained(self) -> None: ...
 
+    def end_stream(self) -> None: ...
+
     def clear(self) -> int: ...
 
     def played_samples(self, mark: Hashable) -> int: ...
@@ -153,6 +155,7 @@ class Reply:
             tg.create_task(self._think(units))
             tg.create_task(self._speak(units))
         await self.committed.wait()
+        m.sink.end_stream()
         await m.sink.wait_drained()
         self.metrics.mark("end", clock.now())
 

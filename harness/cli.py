@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.metrics import summarize
+from harness.impair import Impairment
 from harness.peer import Caller, TurnResult
 from harness.speech import prepare, write_wav
 
@@ -24,10 +25,21 @@ def add_call_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, help="write results as JSON here")
     p.add_argument("--record", type=Path, help="write each reply as a WAV into this directory")
     p.add_argument("--timeout-s", type=float, default=30.0, help="max wait for one reply")
+    p.add_argument(
+        "--receive-path",
+        choices=("ringback", "aiortc"),
+        default="ringback",
+        help="how the caller hears the agent: adaptive buffer + Opus PLC/FEC, or aiortc's",
+    )
+    p.add_argument(
+        "--impair",
+        default="",
+        help="impair the caller's outgoing audio in-process, e.g. loss=5,burst=2:50,jitter=20,seed=7",
+    )
     p.add_argument("--log-level", default="WARNING")
 
 
-def report(results: list[TurnResult]) -> dict[str, Any]:
+def report(results: list[TurnResult], rtc: dict[str, Any] | None = None) -> dict[str, Any]:
     v2v = [r.v2v_ms for r in results if r.v2v_ms is not None]
     return {
         "turns": [
@@ -38,10 +50,12 @@ def report(results: list[TurnResult]) -> dict[str, Any]:
                 "v2v_ms": r.v2v_ms,
                 "interrupted": r.interrupted,
                 "server": r.server,
+                "link": r.link,
             }
             for r in results
         ],
         "summary": {**summarize(v2v, "v2v_ms"), "turns": len(results), "answered": len(v2v)},
+        "rtc": rtc or {},
     }
 
 
@@ -67,15 +81,18 @@ async def run_call(args: argparse.Namespace) -> int:
     if not args.wav and not args.say:
         raise SystemExit("ringback call: give at least one --wav FILE or --say TEXT")
     utterances = await prepare(args.wav, args.say, args.tts) * max(1, args.repeat)
-    caller = Caller(args.url)
+    impairment = Impairment.parse(args.impair) if args.impair else None
+    caller = Caller(args.url, receive_path=args.receive_path, impairment=impairment)
     results: list[TurnResult] = []
+    rtc: dict[str, Any] = {}
     try:
         await caller.connect()
         for u in utterances:
             results.append(await caller.say(u.label, u.pcm48k, args.timeout_s))
+        rtc = await caller.rtc_stats()
     finally:
         await caller.close()
-    data = report(results)
+    data = report(results, rtc)
     print_table(data)
     if args.json:
         args.json.write_text(json.dumps(data, indent=2))

@@ -17,15 +17,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import av
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamTrack
 
 from agent import patches
-from agent.audio import OUT_FRAME_SAMPLES, OUT_RATE_HZ, Pcm16, to_mono
+from agent.audio import OUT_FRAME_SAMPLES, OUT_RATE_HZ, Pcm16
 from agent.clock import MonotonicClock
+from agent.inbound import LinkStats, playout_frames
 from agent.outbound import OutboundAudioTrack
+from harness.impair import ImpairedLink, Impairment, impair_sender
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,21 @@ class TurnResult:
     v2v_ms: float | None
     interrupted: bool = False
     server: dict[str, Any] = field(default_factory=dict)
+    link: dict[str, Any] = field(default_factory=dict)  # the server's last `link` event
     t_speech_end: float = 0.0
     reply_pcm: Pcm16 = field(default_factory=lambda: np.zeros(0, np.int16))
 
 
 class Caller:
-    def __init__(self, url: str) -> None:
+    """A headless caller. `receive_path` is how it hears the agent: "ringback" (an adaptive
+    jitter buffer with Opus PLC/FEC, like a browser's) or "aiortc" (aiortc's fixed buffer)."""
+
+    def __init__(
+        self, url: str, receive_path: str = "ringback", impairment: Impairment | None = None
+    ) -> None:
         self.url = url.rstrip("/")
+        self.impairment = impairment
+        self.impaired: ImpairedLink | None = None
         self.clock = MonotonicClock()
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.mic = OutboundAudioTrack(self.clock, max_ahead_ms=200, on_mark_started=self._started)
@@ -83,6 +92,12 @@ class Caller:
         host = urlsplit(self.url).hostname or ""
         if host in ("127.0.0.1", "localhost"):
             patches.pin_host_addresses(["127.0.0.1"])
+        if receive_path == "ringback":
+            patches.install_receive_path()
+        else:
+            patches.uninstall_receive_path()
+        patches.configure_opus(patches.OpusSendConfig())
+        self.link: LinkStats | None = None
 
     def _started(self, mark: object, t: float) -> None:
         self._mark_start[mark] = t
@@ -115,6 +130,8 @@ class Caller:
             self._connected.set()
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
+        if self.impairment is not None and self.impairment.active:
+            self.impaired = impair_sender(self.pc, self.impairment)
         offer = {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
         async with (
             aiohttp.ClientSession() as http,
@@ -131,22 +148,22 @@ class Caller:
             await self._connected.wait()
 
     async def _record(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            t = self.clock.now()
-            assert isinstance(frame, av.AudioFrame)
-            pcm = frame.to_ndarray().reshape(-1).astype(np.int16)
-            mono = to_mono(pcm, len(frame.layout.channels))
-            self._frames.append((t, mono))
+        def on_stats(stats: LinkStats) -> None:
+            self.link = stats
+
+        frames = playout_frames(track, self.clock, on_stats=on_stats)
+        async with contextlib.aclosing(frames) as playout:
+            async for frame in playout:
+                if frame.rate_hz != OUT_RATE_HZ:
+                    raise ValueError(f"caller expects 48 kHz audio, got {frame.rate_hz} Hz")
+                self._frames.append((frame.t, frame.pcm))
 
     # --- speaking --------------------------------------------------------------------------
 
     async def play(self, pcm: Pcm16, mark: object) -> float:
         """Send an utterance in real time; returns when its last speech sample was sent."""
         await self.mic.enqueue(pcm, mark)
+        self.mic.end_stream()  # the whole utterance is queued: silence after it is not a gap
         while mark not in self._mark_start:
             await self._mark_signal.wait()
         t_end = self._mark_start[mark] + last_speech_offset(pcm) / OUT_RATE_HZ
@@ -226,9 +243,33 @@ class Caller:
             v2v_ms=None if onset is None or turn is None else round((onset - t_end) * 1000, 1),
             interrupted=bool(turn and turn.data.get("interrupted")),
             server={} if turn is None else dict(turn.data.get("metrics", {})),
+            link=self.last_event("link"),
             t_speech_end=t_end,
             reply_pcm=self.audio_between(t_end, t_stop),
         )
+
+    def last_event(self, kind: str) -> dict[str, Any]:
+        return next((e.data for e in reversed(self.events) if e.data.get("type") == kind), {})
+
+    async def rtc_stats(self) -> dict[str, Any]:
+        """The caller's own view from aiortc getStats(): what the agent reported receiving
+        (remote-inbound, from RTCP; jitter converted from RTP units to ms) and what we got."""
+        report = await self.pc.getStats()
+        out: dict[str, Any] = {}
+        for stat in report.values():
+            if stat.type == "remote-inbound-rtp":
+                out["agent_reported_packets_lost"] = stat.packetsLost
+                out["agent_reported_jitter_ms"] = round(stat.jitter / 48, 1)
+                out["agent_reported_fraction_lost"] = stat.fractionLost
+            elif stat.type == "inbound-rtp":
+                out["caller_packets_received"] = stat.packetsReceived
+                out["caller_packets_lost"] = stat.packetsLost
+                out["caller_jitter_ms"] = round(stat.jitter / 48, 1)
+            elif stat.type == "outbound-rtp":
+                out["caller_packets_sent"] = stat.packetsSent
+        if self.link is not None:
+            out["caller_receive_path"] = self.link.as_event()
+        return out
 
     async def close(self) -> None:
         if self.session_id is not None:
@@ -242,6 +283,8 @@ class Caller:
                 ):
                     pass
         self.mic.stop()
+        if self.impaired is not None:
+            await self.impaired.aclose()
         await self.pc.close()
         for task in list(self._tasks):
             task.cancel()

@@ -16,6 +16,8 @@ from typing import TypeVar
 from agent.config import AgentConfig
 from agent.engines.registry import LLM_ENGINES, TTS_ENGINES
 from agent.metrics import DEFAULT_BUDGETS_MS, STAGES
+from agent.patches import OpusSendConfig
+from agent.rtp_jitter import JitterConfig
 from agent.tts import TtsPoolConfig
 from agent.turns import TurnConfig
 from agent.vad import EndpointerConfig
@@ -51,6 +53,8 @@ def _csv(text: str) -> tuple[str, ...]:
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     d = ServerConfig()
     e = EndpointerConfig()
+    j = JitterConfig()
+    o = OpusSendConfig()
 
     def arg(flag: str, default: object, cast: Callable[[str], object], help: str) -> None:
         name = flag.removeprefix("--").replace("-", "_").upper()
@@ -101,6 +105,21 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         str,
         "latency budgets, e.g. time_to_first_audio_ms=800,llm_first_token_ms=500",
     )
+    arg(
+        "--receive-path",
+        "ringback",
+        _choice(("ringback", "aiortc")),
+        "ringback: adaptive jitter buffer + Opus PLC/FEC; aiortc: aiortc's fixed buffer",
+    )
+    arg("--jitter-min-ms", j.min_delay_ms, float, "jitter buffer delay floor")
+    arg("--jitter-max-ms", j.max_delay_ms, float, "jitter buffer delay ceiling")
+    arg("--opus-bitrate", o.bitrate_bps, int, "outbound Opus bitrate (b/s)")
+    arg(
+        "--opus-loss-pct",
+        o.packet_loss_pct,
+        int,
+        "expected loss hint for outbound Opus in-band FEC (0 disables FEC)",
+    )
     arg("--log-level", "INFO", str, "DEBUG | INFO | WARNING")
 
 
@@ -134,6 +153,13 @@ def server_config(a: argparse.Namespace) -> ServerConfig:
         llm_engine=a.llm,
         tts=TtsPoolConfig(engine=a.tts, voice=a.tts_voice or None, workers=a.tts_workers),
         system_prompt=a.system_prompt or None,
+        receive_path=a.receive_path,
+        jitter=JitterConfig(min_delay_ms=a.jitter_min_ms, max_delay_ms=a.jitter_max_ms),
+        opus_send=OpusSendConfig(
+            bitrate_bps=a.opus_bitrate,
+            fec=a.opus_loss_pct > 0,
+            packet_loss_pct=a.opus_loss_pct,
+        ),
     )
     return ServerConfig(
         host=a.host,

@@ -40,6 +40,11 @@ def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Applicat
     patches.check()
     if config.ice_host_addresses:
         patches.pin_host_addresses(config.ice_host_addresses)
+    if config.agent.receive_path == "ringback":
+        patches.install_receive_path()
+    else:
+        patches.uninstall_receive_path()
+    patches.configure_opus(config.agent.opus_send)
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
     app[CONFIG] = config
     the_clock = clock or MonotonicClock()

@@ -65,6 +65,7 @@ def test_sample_continuity(signal: str, chunks: list[int]) -> None:
     for i, n in enumerate(chunks):
         buf.push(x[pos : pos + n], mark=i)
         pos += n
+    buf.end_stream()
     assert buf.buffered_samples == total
     out = drain(buf)
     assert out.size % N == 0 and out.size >= total
@@ -88,9 +89,10 @@ def test_fade_in_from_silence() -> None:
     assert np.all(buf.pull().pcm == FULL)
 
 
-def test_underrun_mid_frame_fades_the_tail() -> None:
+def test_end_of_stream_mid_frame_fades_the_tail() -> None:
     buf = PlayoutBuffer()
     buf.push(const(2 * N + 500, 30000), "a")
+    buf.end_stream()
     f1, f2, f3, f4 = pull_frames(buf, 4)
     assert (f1.audio_samples, f2.audio_samples, f3.audio_samples, f4.audio_samples) == (N, N, 500, 0)
     assert np.all(f2.pcm == 30000)
@@ -101,19 +103,42 @@ def test_underrun_mid_frame_fades_the_tail() -> None:
     assert abs(tail[499]) < 500
     assert max_jump(np.concatenate([f2.pcm, f3.pcm, f4.pcm])) <= 2 * 30000 // HALF_FADE
     assert not tail[500:].any()
-    assert buf.underruns == 1
+    assert buf.underruns == 0, "the end of a reply is not an underrun"
     # Silence while idle is not an underrun; resuming fades in again.
     pull_frames(buf, 2)
-    assert buf.underruns == 1
+    assert buf.underruns == 0
     buf.push(const(N, 30000), "b")
     resumed = buf.pull().pcm
     assert abs(int(resumed[0])) < 500
-    assert buf.underruns == 1
+    assert buf.underruns == 0
+
+
+def test_tts_underrun_mid_reply_is_concealed_then_crossfaded_back() -> None:
+    t = np.arange(3 * N + 500)
+    voice = (12000 * np.sin(2 * np.pi * 200 * t / 48000)).astype(np.int16)
+    buf = PlayoutBuffer()
+    buf.push(voice[: 2 * N + 500], "a")  # the TTS is late with the rest of the reply
+    f1, f2, f3, f4, f5, f6, f7 = pull_frames(buf, 7)
+    assert f3.audio_samples == 500 and f4.audio_samples == 0
+    played = np.concatenate([f.pcm for f in (f1, f2, f3, f4, f5, f6, f7)]).astype(np.int32)
+    # No gap: the tone goes on smoothly past the dry point (a 200 Hz sine moves < 850/sample)...
+    assert np.abs(played[2 * N + 500 : 3 * N]).max() > 6000
+    assert max_jump(played[N : 3 * N]) < 1000
+    # ...and fades to silence within ~60 ms of concealment (f3's tail + f4..f6).
+    assert np.abs(f6.pcm[-N // 2 :].astype(np.int32)).max() < 100
+    assert not f7.pcm.any()
+    assert buf.underruns >= 2 and buf.concealed_frames >= 2
+    # The late audio comes back cross-faded, without a click.
+    buf.push(voice[2 * N + 500 :], "b")
+    back = buf.pull().pcm.astype(np.int32)
+    assert abs(back[0]) < 2000
+    assert max_jump(back) < 1000
 
 
 def test_running_dry_on_a_frame_boundary_is_not_an_underrun() -> None:
     buf = PlayoutBuffer()
     buf.push(noise(2 * N), "a")
+    buf.end_stream()
     pull_frames(buf, 4)
     assert buf.underruns == 0
 

@@ -98,6 +98,9 @@ class FakeSink:
         while self.queue:
             await self._wait()
 
+    def end_stream(self) -> None:
+        self.ended = True
+
     def clear(self) -> int:
         dropped = sum(n for _, n in self.queue)
         self.queue.clear()
