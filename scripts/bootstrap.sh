@@ -20,6 +20,13 @@ python)
         as_root apt-get update -qq
         DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends python3-venv
     fi
+    # pesq (benchmark scoring) builds from source: it needs a C compiler and Python's headers.
+    include=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+    if [ ! -f "$include/Python.h" ] || ! command -v gcc >/dev/null; then
+        echo "bootstrap: installing Debian's python3-dev and gcc"
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends python3-dev gcc
+    fi
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip
     "$VENV/bin/pip" install --quiet -e '.[tts,dev]'
