@@ -40,7 +40,10 @@ FRAME_SAMPLES_16K = ASR_RATE_HZ // 50  # 20 ms
 SLOT_S = 0.020
 QUIET_DBFS = -45.0  # below this a frame may be dropped or stretched to adapt the delay
 STATS_EVERY_SLOTS = 100  # 2 s
-RESYNC_BEHIND_S = 0.2  # a consumer this far behind skips ahead instead of bursting
+# Playout runs on a virtual slot clock: a consumer that is late (a busy CPU, a slow ASR call)
+# catches up by taking the due slots back to back, so no audio is dropped for its sake.
+# Only this far behind does it skip ahead (and the buffer drops the backlog itself).
+MAX_BEHIND_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -266,16 +269,15 @@ async def _own_path(
             now = clock.now()
             if t_next > now:
                 await clock.sleep(t_next - now)
-                now = clock.now()
-            elif now - t_next > RESYNC_BEHIND_S:
-                t_next = now  # the consumer stalled: the buffer drops the backlog itself
-            t_next += SLOT_S
-            slot = buffer.pop(now, quiet=quiet)
+            elif now - t_next > MAX_BEHIND_S:
+                t_next = now
+            t_slot, t_next = t_next, t_next + SLOT_S
+            slot = buffer.pop(t_slot, quiet=quiet)
             if slot is None:
                 continue  # playout has not started
             pcm = decoder.decode(slot)
             quiet = dbfs(pcm) < QUIET_DBFS
-            yield PlayoutFrame(pcm, decoder.rate_hz, now)
+            yield PlayoutFrame(pcm, decoder.rate_hz, t_slot)
             slots += 1
             if on_stats is not None and slots % STATS_EVERY_SLOTS == 0:
                 on_stats(stats())

@@ -78,8 +78,8 @@ class JitterConfig:
             raise ValueError("frame_ms, clock_rate_hz must be > 0 and capacity >= 4")
         if not REF_PCT < self.percentile <= 100:
             raise ValueError(f"percentile must be in ({REF_PCT}, 100]")
-        if self.window_s <= 0:
-            raise ValueError("window_s must be > 0")
+        if not (math.isfinite(self.window_s) and self.window_s > 0):
+            raise ValueError("window_s must be a finite number > 0")
 
 
 @dataclass
@@ -264,7 +264,7 @@ class AdaptiveJitterBuffer:
             self._next_ts += self._frame_ts
             return Slot(SlotKind.LOST, next_packet=nxt[0] if nxt else None)
 
-        if self._resynced and lag < -0.5:
+        if self._resynced and lag < 0:
             # Restarted at a new packet: wait for its playout point, keeping the margin.
             self.stats.inserted += 1
             return Slot(SlotKind.UNDERRUN)
@@ -281,7 +281,7 @@ class AdaptiveJitterBuffer:
             self.stats.dropped += 1
             self._take(entry, now_s, count_wait=False)
             entry = following
-        elif lag < -0.5 and quiet and may_adjust:
+        elif lag < -0.25 and quiet and may_adjust:
             # Early (the target grew, or the sender's clock is slow): stretch a quiet frame.
             self._since_adjust = 0
             self.stats.inserted += 1

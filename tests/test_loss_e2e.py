@@ -20,7 +20,7 @@ async def test_agent_transcribes_through_5pct_loss(server: Server, speech: dict[
         await caller.connect()
         results = [
             await caller.say(text, speech[text])
-            for text in ("What time is it?", "What is your name?", "Good morning.")
+            for text in ("What time is it?", "What is your name?", "Thank you very much.")
         ]
     finally:
         await caller.close()
