@@ -398,3 +398,16 @@ async def test_offer_that_never_connects_is_dropped(tmp_path: Path) -> None:
         assert (await health(srv.url))["sessions"] == 1
         connect_timeout_s = 3
         await wait_sessions(srv.url, 0, timeout_s=connect_timeout_s + 8)
+
+
+async def test_answer_advertises_opus_in_band_fec(server: Server) -> None:
+    """Browsers only send Opus FEC to a receiver that asks for it in the SDP answer."""
+    reply = await post_and_hang_up(server.url, await make_offer_sdp("audio"))
+    assert reply.status == 200, reply
+    sdp = reply.body["sdp"]
+    opus_pt = re.search(r"^a=rtpmap:(\d+) opus/48000/2", sdp, flags=re.MULTILINE)
+    assert opus_pt is not None, sdp
+    fmtp = re.search(rf"^a=fmtp:{opus_pt.group(1)} (.*)$", sdp, flags=re.MULTILINE)
+    assert fmtp is not None, sdp
+    params = dict(p.split("=") for p in fmtp.group(1).strip().split(";"))
+    assert params.get("useinbandfec") == "1" and params.get("minptime") == "10"
