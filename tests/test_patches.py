@@ -27,7 +27,7 @@ def test_check_refuses_another_aiortc_version(monkeypatch: pytest.MonkeyPatch) -
     import aiortc
 
     monkeypatch.setattr(aiortc, "__version__", "9.9.9")
-    with pytest.raises(patches.PatchError, match="pinned to 1.16.0"):
+    with pytest.raises(patches.PatchError, match=r"pinned to 1\.16\.0"):
         patches.check()
 
 
