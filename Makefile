@@ -24,7 +24,8 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
-	$(VENV)/bin/python -m bench.latency $(ARGS)
+	$(VENV)/bin/python -m bench.audio_path
+	$(VENV)/bin/python -m bench.conversation
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

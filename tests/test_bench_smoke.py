@@ -1,0 +1,52 @@
+"""The receive-path benchmark runs, and its headline holds: both paths measured in one run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.e2e
+
+
+def test_audio_path_quick(tmp_path: Path) -> None:
+    out = tmp_path / "audio_path.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.audio_path", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows: dict[tuple[str, str], dict[str, Any]] = {
+        (r["profile"], r["path"]): r for r in json.loads(out.read_text())
+    }
+    table = proc.stdout
+    for profile in ("clean", "loss 5%"):
+        for path in ("ringback", "aiortc"):
+            r = rows.get((profile, path))
+            assert r is not None, f"no {profile}/{path} row:\n{table}"
+            assert 0 < r["frames_delivered_pct"] <= 100, table
+            assert 0 < r["playout_delay_ms_p50"] <= r["playout_delay_ms_p99"] < 1000, table
+            assert 0 <= r["concealed_pct"] <= 100 and 0 <= r["fec_recovered_pct"] <= 100, table
+            assert r["pesq_wb"] is None or 1.0 <= r["pesq_wb"] <= 4.7, table
+            assert r["stoi"] is None or 0.0 <= r["stoi"] <= 1.0, table
+            assert 0.0 <= r["wer"] <= 2.0, table
+        assert rows[(profile, "aiortc")]["concealed_pct"] == 0, table
+
+    clean, lossy = rows[("clean", "ringback")], rows[("loss 5%", "ringback")]
+    assert rows[("loss 5%", "aiortc")]["packets_dropped"] > 0, table
+    assert lossy["packets_dropped"] > 0, table
+    assert clean["frames_delivered_pct"] >= 99 and clean["pesq_wb"] is not None, table
+    # The headline, ringback vs aiortc in the same run:
+    assert lossy["frames_delivered_pct"] >= 99, table
+    assert lossy["pesq_wb"] is not None, table
+    assert lossy["pesq_wb"] > (rows[("loss 5%", "aiortc")]["pesq_wb"] or 0.0), table
+    assert clean["playout_delay_ms_p50"] < rows[("clean", "aiortc")]["playout_delay_ms_p50"], table
