@@ -15,9 +15,9 @@ import json
 import logging
 import struct
 import sys
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -116,7 +116,7 @@ class TtsWorkerPool:
                 worker = await self._idle.get()
         except TimeoutError:
             raise TtsError("no TTS worker free in time (all busy)", retryable=True) from None
-        done = False
+        outcome = "abandoned"  # until it ends: the consumer stopped early, or was cancelled
         try:
             worker.stdin.write(json.dumps({"text": text}).encode() + b"\n")
             await worker.stdin.drain()
@@ -128,23 +128,23 @@ class TtsWorkerPool:
                 if kind == b"A":
                     yield np.frombuffer(payload, np.int16).copy()
                 elif kind == b"E":
-                    done = True
+                    outcome = "done"
                     return
                 elif kind == b"X":
-                    done = True
+                    outcome = "done"
                     raise TtsError(f"TTS failed for {text[:40]!r}: {payload.decode()}")
                 else:
                     raise TtsError(f"TTS worker protocol error: {kind!r}")
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
-            self._replace(worker)
-            worker = None  # type: ignore[assignment]  # replaced: not returned to the pool
+            outcome = "broken"
             raise TtsError(f"TTS worker hung or died: {exc!r}", retryable=True) from exc
         finally:
-            if worker is not None:
-                if done:
-                    self._idle.put_nowait(worker)
-                else:
-                    self._own(self._drain(worker))
+            if outcome == "done":
+                self._idle.put_nowait(worker)
+            elif outcome == "broken":
+                self._replace(worker)
+            else:
+                self._own(self._drain(worker))
 
     async def _drain(self, worker: _Worker) -> None:
         """Read and drop the rest of an abandoned request, then return the worker."""
@@ -174,8 +174,9 @@ class TtsWorkerPool:
         worker.kill()
         self._own(_reap(worker))
 
-    def _own(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _own(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a pool chore as a task the pool owns (cancelled and awaited in aclose)."""
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -16,17 +16,14 @@ import asyncio
 import json
 import os
 import shlex
-import signal
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from agent.metrics import summarize
 from harness.cli import report
 from harness.peer import Caller, TurnResult
+from harness.server import ROOT, run_server
 from harness.speech import prepare
 from harness.wer import wer
 
@@ -50,36 +47,6 @@ STAGES = (
     "time_to_first_audio_ms",
 )
 DEFAULT_VARIANTS = ["default=", "no-speculation=--no-speculation"]
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def start_server(port: int, extra: list[str], log: Path) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "signaling",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--ice-host",
-        "127.0.0.1",
-        *extra,
-    ]
-    with log.open("wb") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: see {log}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).close()
-            return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server did not start")
 
 
 async def run_variant(url: str, utterances: list[Any]) -> list[TurnResult]:
@@ -123,13 +90,8 @@ def main() -> int:
     out: dict[str, Any] = {"turns": args.turns, "variants": {}}
     for spec in variants:
         name, _, serve_args = spec.partition("=")
-        log = args.json.parent / f"server-{name}.log"
-        proc = start_server(args.port, shlex.split(serve_args), log)
-        try:
-            results = asyncio.run(run_variant(f"http://127.0.0.1:{args.port}", utterances))
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(15)
+        with run_server(args.json.parent, *shlex.split(serve_args), port=args.port) as server:
+            results = asyncio.run(run_variant(server.url, utterances))
         data = report(results)
         data["stages"] = stage_summary(results)
         data["serve_args"] = serve_args

@@ -3,76 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness.server import ROOT, Server, free_port, run_server
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def health(self) -> dict[str, object]:
-        import json
-
-        with urllib.request.urlopen(self.url + "/healthz", timeout=5) as r:
-            return dict(json.load(r))
-
-
-@contextlib.contextmanager
-def run_server(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
-    """Start `ringback serve` on a free loopback port; stop it (by PID) afterwards."""
-    port = free_port()
-    log_path = tmp / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "signaling", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--ice-host", "127.0.0.1", *args]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-    server = Server(f"http://127.0.0.1:{port}", proc, log_path)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{server.log()}")
-            try:
-                server.health()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start:\n{server.log()}") from None
-                time.sleep(0.2)
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+__all__ = ["ROOT", "Server", "free_port", "run_server"]
 
 
 @pytest.fixture(scope="session")

@@ -16,18 +16,11 @@ from agent.audio import OUT_RATE_HZ, peak_dbfs
 from agent.engines.local_llm import STORY
 from harness.peer import Caller
 from harness.wer import wer
-from tests.conftest import ROOT, Server
+from tests.conftest import ROOT, SENTENCES, Server
 
 pytestmark = pytest.mark.e2e
 
-CONVERSATION = [
-    "What time is it?",
-    "Good morning.",
-    "What day is it today?",
-    "What can you do?",
-    "What is your name?",
-    "Thank you very much.",
-]
+CONVERSATION = [s for s in SENTENCES if s != "Tell me a story."]
 
 
 async def test_spoken_conversation(server: Server, speech: dict[str, Any]) -> None:
