@@ -8,7 +8,7 @@
 const $ = (id) => document.getElementById(id);
 const ui = {
   call: $('call'), status: $('status'), error: $('error'), transcript: $('transcript'),
-  latency: $('latency'), log: $('log'), meter: $('meter'), audio: $('remote'),
+  latency: $('latency'), link: $('link'), log: $('log'), meter: $('meter'), audio: $('remote'),
 };
 const params = new URLSearchParams(location.search);
 const RAW = params.get('raw') === '1';
@@ -127,6 +127,16 @@ function endTurn(ev) {
   scrollDown();
 }
 
+// How the agent hears us: loss, repair and buffering, from its `link` reports (every 2 s).
+function showLink(ev) {
+  if (!ui.link) return;
+  ui.link.textContent = ev.path === 'ringback'
+    ? `agent receives: ${ev.packets_lost} lost, ${ev.frames_fec_recovered} FEC-recovered, ` +
+      `${ev.frames_concealed} concealed · buffer ${fmtMs(ev.playout_delay_ms)} ` +
+      `(target ${fmtMs(ev.target_delay_ms)})`
+    : `agent receives through aiortc's buffer (${ev.codec})`;
+}
+
 function onEvent(data) {
   let ev;
   try { ev = JSON.parse(data); } catch { return log('non-JSON message:', String(data)); }
@@ -143,7 +153,8 @@ function onEvent(data) {
     case 'reply': appendReply(ev.turn, String(ev.text ?? '')); break;
     case 'turn': endTurn(ev); break;
     case 'error': showError(ev.message || 'server error'); break;
-    default: break; // 'link' and unknown types: debug log only
+    case 'link': showLink(ev); break;
+    default: break; // unknown types: debug log only
   }
 }
 

@@ -154,6 +154,15 @@ def test_browser_call(server: Server, speech: dict[str, Any], tmp_path: Path) ->
             )
             assert inbound["packetsReceived"] > 50, report(f"too few audio packets: {inbound}")
 
+            # The agent reports how it receives the browser (its own jitter buffer + Opus).
+            link = wait_for(
+                "() => { const t = document.getElementById('link').textContent;"
+                " return t.startsWith('agent receives:') ? t : null; }",
+                "a link readout from the agent's `link` events",
+                timeout_ms=10_000,
+            )
+            assert "lost" in link and "buffer" in link, report(f"link readout: {link}")
+
             session_id = page.evaluate("() => window.ringback.sessionId")
             assert session_id, report("no session id")
             assert page.text_content("#call") == "Hang up"
