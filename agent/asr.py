@@ -44,4 +44,8 @@ class AsrEngine(Protocol):
     name: str
     sample_rate_hz: int
 
+    async def start(self) -> None:
+        """Load what calls will need (models), off the event loop."""
+        ...
+
     def create(self) -> Recognizer: ...

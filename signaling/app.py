@@ -11,7 +11,7 @@ from agent import patches
 from agent.clock import Clock, MonotonicClock
 from agent.engines.registry import Engines
 from signaling.config import ServerConfig
-from signaling.offer import handle_offer, json_error
+from signaling.offer import handle_offer, handle_whip, json_error
 from signaling.peers import CallRegistry
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,9 @@ def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Applicat
     async def offer(request: web.Request) -> web.Response:
         return await handle_offer(request, request.app[REGISTRY], config.retry_after_s)
 
+    async def whip(request: web.Request) -> web.Response:
+        return await handle_whip(request, request.app[REGISTRY], config.retry_after_s)
+
     async def hang_up(request: web.Request) -> web.Response:
         if await request.app[REGISTRY].hang_up(request.match_info["session_id"]):
             return web.json_response({"status": "hung up"})
@@ -87,6 +90,8 @@ def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Applicat
 
     app.router.add_post("/offer", offer)
     app.router.add_delete("/session/{session_id}", hang_up)
+    app.router.add_post("/whip", whip)
+    app.router.add_delete("/whip/{session_id}", hang_up)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/", index)
     app.router.add_static("/static/", config.static_dir)

