@@ -23,8 +23,6 @@ class EventChannel:
         self.session_id = session_id
         self._channel: RTCDataChannel | None = None
         self._backlog: collections.deque[str] = collections.deque(maxlen=backlog)
-        self.sent: list[dict[str, Any]] = []  # last messages, for logs and tests
-        self._keep = backlog
 
     def attach(self, channel: RTCDataChannel) -> None:
         self._channel = channel
@@ -34,9 +32,6 @@ class EventChannel:
             channel.on("open", self._flush)
 
     def emit(self, message: dict[str, Any]) -> None:
-        self.sent.append(message)
-        if len(self.sent) > self._keep:
-            del self.sent[: len(self.sent) - self._keep]
         text = json.dumps(message, separators=(",", ":"))
         if message.get("type") != "link":
             log.debug("[%s] event %s", self.session_id, text[:200])

@@ -192,21 +192,21 @@ class AdaptiveJitterBuffer:
 
     # --- delay model ---------------------------------------------------------------------
 
-    def _transits(self) -> list[float]:
-        return sorted(t for _, t in self._transit)
-
     @property
     def target_delay_ms(self) -> float:
         if not self._transit:
             return self.config.min_delay_ms
-        transits = self._transits()
+        return self._target_ms(sorted(t for _, t in self._transit))
+
+    def _target_ms(self, transits: list[float]) -> float:
         jitter_ms = (_pct(transits, self.config.percentile) - _pct(transits, REF_PCT)) * 1000
         return min(self.config.max_delay_ms, max(self.config.min_delay_ms, jitter_ms))
 
     def _lag_frames(self, now_s: float) -> float:
         """How far playout is behind (+) or ahead of (−) the playout point, in frames."""
         assert self._next_ts is not None
-        base = _pct(self._transits(), REF_PCT) + self.target_delay_ms / 1000
+        transits = sorted(t for _, t in self._transit)
+        base = _pct(transits, REF_PCT) + self._target_ms(transits) / 1000
         desired_ts = (now_s - base) * self._rate
         return (desired_ts - self._next_ts) / self._frame_ts
 

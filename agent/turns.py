@@ -110,7 +110,6 @@ class Reply:
         self.units: list[_Unit] = []
         self.committed = asyncio.Event()
         self.stopped = False  # set at barge-in, before the task's cancellation lands
-        self.failed = False
         self._m = manager
         self.task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
             self._run(), name=f"reply-{self.id}"
@@ -181,7 +180,6 @@ class Reply:
         except (LlmError, TimeoutError) as exc:
             log.warning("LLM failed (%s): %s", m.llm.name, exc)
             m.emit({"type": "error", "message": f"LLM failed: {exc}"})
-            self.failed = True
             spoken = chunker.flush()
             for unit in spoken:
                 await units.put(unit)
@@ -217,7 +215,6 @@ class Reply:
             except TtsError as exc:
                 log.warning("TTS failed for unit %r: %s", text[:40], exc)
                 m.emit({"type": "error", "message": f"TTS failed: {exc}"})
-                self.failed = True
                 unit.failed = True
                 continue
             if pending:
@@ -263,7 +260,6 @@ class TurnManager:
         self.config = config or TurnConfig()
         self.state = State.LISTENING
         self.turns_completed = 0
-        self.history_metrics: list[TurnMetrics] = []
         self._speculative: Reply | None = None
         self._active: Reply | None = None
         self._watchers: set[asyncio.Task[None]] = set()
@@ -361,7 +357,6 @@ class TurnManager:
             self.sink.forget(unit.mark)
         self.conversation.add_exchange(reply.user_text, heard)
         self.turns_completed += 1
-        self.history_metrics.append(reply.metrics)
         for stage, value, budget in reply.metrics.overruns(self.config.budgets_ms):
             log.warning(
                 "turn %d over budget: %s %.0f ms > %.0f ms",
