@@ -14,7 +14,13 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.contrib.media import MediaBlackhole
 from aiortc.mediastreams import MediaStreamTrack
 
@@ -106,9 +112,9 @@ class CallRegistry:
                 call.blackhole.addTrack(track)  # drained: aiortc's track queues are unbounded
 
         @pc.on("datachannel")
-        def on_datachannel(channel: object) -> None:
-            if getattr(channel, "label", None) == CHANNEL_LABEL:
-                call.session.events.attach(channel)  # type: ignore[arg-type]
+        def on_datachannel(channel: RTCDataChannel) -> None:
+            if channel.label == CHANNEL_LABEL:
+                call.session.events.attach(channel)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
