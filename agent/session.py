@@ -12,6 +12,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Hashable
+from typing import Any
 
 from aiortc.mediastreams import MediaStreamTrack
 
@@ -23,7 +24,7 @@ from agent.engines.registry import Engines
 from agent.events import EventChannel
 from agent.inbound import LinkStats, inbound_frames
 from agent.llm import Conversation
-from agent.metrics import TurnMetrics
+from agent.metrics import ServerStats, TurnMetrics
 from agent.outbound import OutboundAudioTrack
 from agent.turns import TurnManager
 from agent.vad import Endpointer, EndpointKind, VoiceDetector
@@ -33,7 +34,12 @@ log = logging.getLogger(__name__)
 
 class Session:
     def __init__(
-        self, session_id: str, config: AgentConfig, engines: Engines, clock: Clock
+        self,
+        session_id: str,
+        config: AgentConfig,
+        engines: Engines,
+        clock: Clock,
+        stats: ServerStats | None = None,
     ) -> None:
         self.id = session_id
         self.config = config
@@ -41,6 +47,7 @@ class Session:
         self.clock = clock
         self.events = EventChannel(session_id)
         self.link: LinkStats | None = None
+        self._stats = stats
         self.outbound = OutboundAudioTrack(
             clock, config.outbound_max_ahead_ms, on_mark_started=self._on_mark_started
         )
@@ -53,12 +60,19 @@ class Session:
             self.outbound,
             conversation,
             clock,
-            self.events.emit,
+            self._emit,
             config.turns,
         )
 
     def _on_mark_started(self, mark: Hashable, t: float) -> None:
         self.turns.on_mark_started(mark, t)
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        if event["type"] == "turn" and self._stats is not None:
+            self._stats.record_turn(
+                event["metrics"], event["interrupted"], len(event["over_budget"])
+            )
+        self.events.emit(event)
 
     def _on_link(self, stats: LinkStats) -> None:
         self.link = stats
@@ -80,6 +94,8 @@ class Session:
             await self.turns.aclose()
             await recognizer.aclose()
             self.outbound.stop()
+            if self._stats is not None and self.link is not None:
+                self._stats.record_link(self.link.as_event())
             log.info("[%s] session ended after %d turns", self.id, self.turns.turns_completed)
 
     async def _listen(

@@ -357,7 +357,8 @@ class TurnManager:
             self.sink.forget(unit.mark)
         self.conversation.add_exchange(reply.user_text, heard)
         self.turns_completed += 1
-        for stage, value, budget in reply.metrics.overruns(self.config.budgets_ms):
+        overruns = reply.metrics.overruns(self.config.budgets_ms)
+        for stage, value, budget in overruns:
             log.warning(
                 "turn %d over budget: %s %.0f ms > %.0f ms",
                 reply.metrics.turn,
@@ -373,6 +374,7 @@ class TurnManager:
                 "reply": heard,
                 "interrupted": interrupted,
                 "metrics": reply.metrics.as_dict(),
+                "over_budget": [stage for stage, _, _ in overruns],
             }
         )
 

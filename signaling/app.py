@@ -10,6 +10,7 @@ from aiohttp import web
 from agent import patches
 from agent.clock import Clock, MonotonicClock
 from agent.engines.registry import Engines
+from agent.metrics import ServerStats
 from signaling.config import ServerConfig
 from signaling.offer import handle_offer, handle_whip, json_error
 from signaling.peers import CallRegistry
@@ -52,7 +53,7 @@ def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Applicat
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         engines = await Engines.start(config.agent)
         try:
-            registry = CallRegistry(config, engines, the_clock)
+            registry = CallRegistry(config, engines, the_clock, ServerStats())
             app[REGISTRY] = registry
             try:
                 yield
@@ -85,6 +86,11 @@ def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Applicat
             }
         )
 
+    async def metrics(request: web.Request) -> web.Response:
+        registry = request.app[REGISTRY]
+        text = registry.stats.prometheus(len(registry.calls), registry.total_started)
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(config.static_dir / "index.html")
 
@@ -93,6 +99,7 @@ def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Applicat
     app.router.add_post("/whip", whip)
     app.router.add_delete("/whip/{session_id}", hang_up)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
     app.router.add_static("/static/", config.static_dir)
     return app

@@ -27,6 +27,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from agent.clock import Clock
 from agent.engines.registry import Engines
 from agent.events import CHANNEL_LABEL
+from agent.metrics import ServerStats
 from agent.session import Session
 from signaling.config import ServerConfig
 
@@ -54,8 +55,11 @@ class Call:
 
 
 class CallRegistry:
-    def __init__(self, config: ServerConfig, engines: Engines, clock: Clock) -> None:
+    def __init__(
+        self, config: ServerConfig, engines: Engines, clock: Clock, stats: ServerStats
+    ) -> None:
         self.config = config
+        self.stats = stats
         self.engines = engines
         self.clock = clock
         self.calls: dict[str, Call] = {}
@@ -78,7 +82,7 @@ class CallRegistry:
             raise CapacityError
         call_id = secrets.token_urlsafe(9)
         pc = RTCPeerConnection(self._rtc_configuration())
-        session = Session(call_id, self.config.agent, self.engines, self.clock)
+        session = Session(call_id, self.config.agent, self.engines, self.clock, self.stats)
         call = Call(call_id, pc, session, asyncio.get_running_loop().create_future())
         self.calls[call_id] = call
         self._wire(call)

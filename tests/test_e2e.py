@@ -51,6 +51,29 @@ async def test_spoken_conversation(server: Server, speech: dict[str, Any]) -> No
     states = [e.data["state"] for e in caller.events if e.data["type"] == "state"]
     for state in ("listening", "processing_speech", "thinking", "speaking"):
         assert state in states
+    await assert_metrics_page(server, min_turns=len(CONVERSATION))
+
+
+async def assert_metrics_page(server: Server, min_turns: int) -> None:
+    """/metrics (Prometheus text) counts the turns and, once the call ended, its link."""
+    import aiohttp
+
+    metrics: dict[str, str] = {}
+    async with aiohttp.ClientSession() as http:
+        for _ in range(50):  # the server records the link when the session has wound down
+            async with http.get(server.url + "/metrics") as resp:
+                assert resp.status == 200 and resp.content_type == "text/plain"
+                text = await resp.text()
+            metrics = dict(
+                line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#")
+            )
+            if int(metrics['ringback_link_frames_total{kind="delivered"}']) > 0:
+                break
+            await asyncio.sleep(0.1)
+    assert int(metrics['ringback_turns_total{interrupted="false"}']) >= min_turns
+    ttfa = metrics['ringback_turn_stage_ms{stage="time_to_first_audio_ms",quantile="0.5"}']
+    assert 0 < float(ttfa) < 3000
+    assert int(metrics['ringback_link_frames_total{kind="delivered"}']) > 0
 
 
 async def test_barge_in_stops_the_agent(server: Server, speech: dict[str, Any]) -> None:
