@@ -84,7 +84,9 @@ async def test_whip_call_is_answered_heard_and_hung_up(
                 break
             await asyncio.sleep(0.1)
         assert server.health()["sessions"] == 0
-        assert "heard 'what time is it'" in server.log()
+        session_id = location.rsplit("/", 1)[-1]
+        heard = [line for line in server.log().splitlines() if f"[{session_id}] turn 1 heard" in line]
+        assert heard and "time" in heard[0], heard
     finally:
         mic.stop()
         await pc.close()
