@@ -1,7 +1,14 @@
-"""Pure PCM helpers: downmix, decimation 48 kHz → 16 kHz, levels and fades. No I/O."""
+"""PCM types, rates and helpers: downmix, resampling, levels and fades. No I/O.
+
+A leaf module (no project imports): engines, the media path and the harness all use it.
+Two resamplers, each for its job: `Decimator` (numpy, exact 20 ms frames, no threads) on the
+receive path's hot 48 → 16 kHz step, and `Resampler` (libswresample through PyAV) for any
+other rate and layout (TTS output, WAV files).
+"""
 
 from __future__ import annotations
 
+import av
 import numpy as np
 import numpy.typing as npt
 
@@ -80,6 +87,32 @@ class Decimator:
         out = y[self._phase :: self.factor]
         self._phase = (self._phase - len(y)) % self.factor
         return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+
+
+class Resampler:
+    """Streaming resampler to mono int16 at `out_rate_hz` from any rate and channel layout."""
+
+    def __init__(self, out_rate_hz: int = OUT_RATE_HZ) -> None:
+        self._r = av.AudioResampler(format="s16", layout="mono", rate=out_rate_hz)
+        self._pts = 0
+
+    def push_frame(self, frame: av.AudioFrame | None) -> Pcm16:
+        """A decoded PyAV frame (None flushes what the filter still holds)."""
+        parts = [f.to_ndarray().reshape(-1) for f in self._r.resample(frame)]
+        return np.concatenate(parts).astype(np.int16) if parts else np.zeros(0, np.int16)
+
+    def push(self, pcm: Pcm16, rate_hz: int) -> Pcm16:
+        """Mono int16 at `rate_hz`, any chunk size; the rate must not change within a stream."""
+        if pcm.size == 0:
+            return np.zeros(0, np.int16)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = rate_hz
+        frame.pts = self._pts
+        self._pts += pcm.size
+        return self.push_frame(frame)
+
+    def flush(self) -> Pcm16:
+        return self.push_frame(None)
 
 
 def upsample_linear(pcm: Pcm16, factor: int) -> Pcm16:

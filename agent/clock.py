@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 
@@ -16,6 +19,10 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
+    def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:
+        """Like `asyncio.timeout(seconds)` (raises TimeoutError), but on this clock."""
+        ...
+
 
 class MonotonicClock:
     def now(self) -> float:
@@ -23,6 +30,11 @@ class MonotonicClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    def timeout(self, seconds: float) -> AbstractAsyncContextManager[object]:
+        # asyncio.timeout, never asyncio.wait_for: on Python 3.11 wait_for can swallow a
+        # cancellation that races with its inner future completing (a barge-in must cancel).
+        return asyncio.timeout(seconds)
 
 
 class FakeClock:
@@ -43,6 +55,27 @@ class FakeClock:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
         await fut
+
+    @contextlib.asynccontextmanager
+    async def timeout(self, seconds: float) -> AsyncIterator[object]:
+        """asyncio's own Timeout, expired by this clock: it cancels the body and raises
+        TimeoutError exactly as `asyncio.timeout` does, when `advance` reaches the deadline."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(None) as timer:
+            inside = True
+
+            def expire(deadline: asyncio.Future[None]) -> None:
+                if inside and not deadline.cancelled():
+                    timer.reschedule(loop.time())
+
+            deadline: asyncio.Future[None] = loop.create_future()
+            deadline.add_done_callback(expire)
+            heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), deadline))
+            try:
+                yield timer
+            finally:
+                inside = False
+                deadline.cancel()
 
     async def advance(self, seconds: float, step: float = 0.001) -> None:
         """Move time forward in small steps, letting woken tasks run at each step."""

@@ -8,11 +8,11 @@ the overlap speculation buys.
 
 from __future__ import annotations
 
-import collections
 import logging
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -95,92 +95,11 @@ class TurnMetrics:
 
 
 def percentile(values: Iterable[float], p: float) -> float | None:
-    """Nearest-rank-with-interpolation percentile (numpy's 'linear'); None for no values."""
-    xs = sorted(values)
-    if not xs:
-        return None
-    k = (len(xs) - 1) * p / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+    """Linearly interpolated percentile (numpy's default); None when there are no values."""
+    xs = np.fromiter(values, dtype=np.float64)
+    return float(np.percentile(xs, p)) if xs.size else None
 
 
 def summarize(values: Iterable[float], prefix: str) -> dict[str, float | None]:
     xs = list(values)
     return {f"{prefix}_p{p}": percentile(xs, p) for p in (50, 90, 99)}
-
-
-class ServerStats:
-    """Server-wide counters and recent per-turn stage times, in Prometheus text format.
-
-    Quantiles are over the last `window` turns (a sliding summary), so /metrics shows how the
-    server is doing now, not since it started.
-    """
-
-    def __init__(self, window: int = 500) -> None:
-        self.turns: dict[bool, int] = {False: 0, True: 0}  # interrupted → count
-        self.over_budget = 0
-        self.link_frames: dict[str, int] = {"delivered": 0, "fec_recovered": 0, "concealed": 0}
-        self.link_packets: dict[str, int] = {"received": 0, "lost": 0, "late": 0}
-        self._stages: dict[str, collections.deque[float]] = {
-            stage: collections.deque(maxlen=window) for stage in STAGES
-        }
-
-    def record_turn(self, metrics: Mapping[str, object], interrupted: bool, over: int) -> None:
-        self.turns[interrupted] += 1
-        self.over_budget += over
-        for stage, values in self._stages.items():
-            value = metrics.get(stage)
-            if isinstance(value, float):
-                values.append(value)
-
-    def record_link(self, link: Mapping[str, object]) -> None:
-        """A finished call's receive totals (its last `link` report)."""
-        for key in self.link_frames:
-            self.link_frames[key] += _count(link.get(f"frames_{key}"))
-        for key in self.link_packets:
-            self.link_packets[key] += _count(link.get(f"packets_{key}"))
-
-    def prometheus(self, active: int, started: int) -> str:
-        lines = [
-            "# HELP ringback_sessions_active Calls in progress.",
-            "# TYPE ringback_sessions_active gauge",
-            f"ringback_sessions_active {active}",
-            "# HELP ringback_calls_total Calls answered since start.",
-            "# TYPE ringback_calls_total counter",
-            f"ringback_calls_total {started}",
-            "# HELP ringback_turns_total Agent replies, by whether the user barged in.",
-            "# TYPE ringback_turns_total counter",
-            *(
-                f'ringback_turns_total{{interrupted="{str(k).lower()}"}} {v}'
-                for k, v in self.turns.items()
-            ),
-            "# HELP ringback_turns_over_budget_total Stage budget overruns.",
-            "# TYPE ringback_turns_over_budget_total counter",
-            f"ringback_turns_over_budget_total {self.over_budget}",
-            "# HELP ringback_turn_stage_ms Stage time after the end of the user's speech.",
-            "# TYPE ringback_turn_stage_ms summary",
-        ]
-        for stage, values in self._stages.items():
-            for q in (50, 90, 99):
-                value = percentile(values, q)
-                shown = "NaN" if value is None else f"{value:.1f}"
-                lines.append(
-                    f'ringback_turn_stage_ms{{stage="{stage}",quantile="{q / 100}"}} {shown}'
-                )
-            lines.append(f'ringback_turn_stage_ms_count{{stage="{stage}"}} {len(values)}')
-        lines += [
-            "# HELP ringback_link_frames_total Received 20 ms frames of finished calls, by origin.",
-            "# TYPE ringback_link_frames_total counter",
-            *(f'ringback_link_frames_total{{kind="{k}"}} {v}' for k, v in self.link_frames.items()),
-            "# HELP ringback_link_packets_total Received RTP packets of finished calls.",
-            "# TYPE ringback_link_packets_total counter",
-            *(
-                f'ringback_link_packets_total{{kind="{k}"}} {v}'
-                for k, v in self.link_packets.items()
-            ),
-        ]
-        return "\n".join(lines) + "\n"
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) else 0

@@ -7,7 +7,7 @@ plays a reference recording (several piper sentences with short pauses, 48 kHz) 
 OutboundAudioTrack, Opus at 32 kb/s with in-band FEC; its outgoing RTP is impaired in-process
 and seeded (harness/impair.py). The receiver reads the remote track with `playout_frames`.
 Every profile is measured on both receive paths in the same run, each on a fresh pair of
-peer connections: the patch (agent/patches.py) is installed for "ringback" and removed for
+peer connections: the patch (agent/media/patches.py) is installed for "ringback" and removed for
 "aiortc" before the receiver is created.
 
 - Timeline. Each received 20 ms frame is placed on a playout timeline at max(its delivery
@@ -46,7 +46,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,13 +58,14 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamTrack
 from scipy import signal
 
-from agent import patches
 from agent.audio import ASR_RATE_HZ, OUT_FRAME_SAMPLES, OUT_RATE_HZ, Decimator, Pcm16
 from agent.clock import MonotonicClock
 from agent.engines.pocketsphinx_asr import PocketsphinxEngine, PocketsphinxRecognizer
-from agent.inbound import LinkStats, playout_frames
+from agent.media import patches
+from agent.media.inbound import LinkStats, playout_frames
+from agent.media.opus import OpusSendConfig
+from agent.media.outbound import OutboundAudioTrack
 from agent.metrics import percentile
-from agent.outbound import OutboundAudioTrack
 from harness.impair import Impairment, impair_sender
 from harness.speech import synthesize, synthesizer
 from harness.wer import wer
@@ -139,38 +140,29 @@ class DelaySpike:
     def __init__(self, extra_s: float) -> None:
         self.extra_s = extra_s
         self.window: tuple[float, float] | None = None
-        self._queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[float, bytes, patches.SendRtp]] = asyncio.Queue()
         self._release = 0.0
         self._task: asyncio.Task[None] | None = None
 
     def install(self, pc: Any) -> None:
-        for transport in {id(s.transport): s.transport for s in pc.getSenders()}.values():
-            transport._send_rtp = self._wrap(transport._send_rtp)
+        patches.hook_outgoing_rtp(pc, self._hook)
 
-    def _wrap(self, send: Callable[[bytes], Awaitable[None]]) -> Callable[[bytes], Awaitable[None]]:
-        async def drain() -> None:
-            while True:
-                release, data = await self._queue.get()
-                await asyncio.sleep(release - time.monotonic())
-                await send(data)
+    async def _drain(self) -> None:
+        while True:
+            release, data, send = await self._queue.get()
+            await asyncio.sleep(release - time.monotonic())
+            await send(data)
 
-        async def send_spiked(data: bytes) -> None:
-            now = time.monotonic()
-            if len(data) > 1 and 192 <= data[1] <= 223:  # RTCP passes
-                await send(data)
-                return
-            w = self.window
-            self._release = max(
-                now + self.extra_s if w and w[0] <= now < w[1] else now, self._release
-            )
-            if self._release <= now:
-                await send(data)
-                return
-            if self._task is None:
-                self._task = asyncio.get_running_loop().create_task(drain())
-            self._queue.put_nowait((self._release, data))
-
-        return send_spiked
+    async def _hook(self, data: bytes, send: patches.SendRtp) -> None:
+        now = time.monotonic()
+        w = self.window
+        self._release = max(now + self.extra_s if w and w[0] <= now < w[1] else now, self._release)
+        if self._release <= now:
+            await send(data)
+            return
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+        self._queue.put_nowait((self._release, data, send))
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -189,10 +181,7 @@ class Capture:
 
 async def call(ref: Reference, profile: Profile, path: str, seed: int) -> Capture:
     """One fresh pair of peer connections; returns what the receiver played out."""
-    if path == "ringback":
-        patches.install_receive_path()
-    else:
-        patches.uninstall_receive_path()
+    patches.install(path, OpusSendConfig(), ["127.0.0.1"])
     clock = MonotonicClock()
     started: list[float] = []
     sending = asyncio.Event()
@@ -391,8 +380,6 @@ def _ms(seconds: float | None) -> float | None:
 
 
 async def run(quick: bool, seed: int) -> list[dict[str, Any]]:
-    patches.pin_host_addresses(["127.0.0.1"])
-    patches.configure_opus(patches.OpusSendConfig())
     texts = QUICK_SENTENCES if quick else SENTENCES
     profiles = PROFILES[:2] if quick else PROFILES
     ref = await make_reference(texts)

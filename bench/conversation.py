@@ -24,21 +24,9 @@ from agent.metrics import summarize
 from harness.cli import report
 from harness.peer import Caller, TurnResult
 from harness.server import ROOT, run_server
-from harness.speech import prepare
+from harness.speech import QUESTIONS, prepare
 from harness.wer import wer
 
-SENTENCES = [
-    "What time is it?",
-    "Good morning.",
-    "What day is it today?",
-    "What can you do?",
-    "What is your name?",
-    "Thank you very much.",
-    "What is two plus three?",
-    "Can you help me?",
-    "What is the weather like?",
-    "Goodbye.",
-]
 STAGES = (
     "eou_delay_ms",
     "asr_complete_ms",
@@ -84,7 +72,7 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "conversation.json")
     args = p.parse_args()
     variants = args.variant or DEFAULT_VARIANTS
-    texts = [SENTENCES[i % len(SENTENCES)] for i in range(args.turns)]
+    texts = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.turns)]
     utterances = asyncio.run(prepare([], texts))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"turns": args.turns, "variants": {}}

@@ -1,6 +1,6 @@
 """Seeded, in-process network impairment on a peer's outgoing RTP (tests and benchmarks).
 
-Wraps the DTLS transport's `_send_rtp` of one RTCPeerConnection so that its RTP packets
+Hooks the outgoing RTP of one RTCPeerConnection (agent.media.patches) so that its RTP packets
 (never RTCP) are dropped — at random or in Gilbert–Elliott bursts — delayed, jittered and
 reordered, deterministically for a given seed. Real kernels do this with `tc netem` (see
 netem/); this works anywhere, inside one process, and repeats exactly.
@@ -13,6 +13,8 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from agent.media import patches
 
 
 @dataclass(frozen=True)
@@ -88,24 +90,19 @@ class ImpairedLink:
             d += imp.reorder_ms
         return max(0.0, d) / 1000
 
-    def wrap(self, send: Callable[[bytes], Awaitable[None]]) -> Callable[[bytes], Awaitable[None]]:
-        async def send_impaired(data: bytes) -> None:
-            if len(data) > 1 and 192 <= data[1] <= 223:  # RTCP (RFC 5761): pass through
-                await send(data)
-                return
-            self.sent += 1
-            if self.drop():
-                self.dropped += 1
-                return
-            delay = self.delay_s()
-            if delay <= 0:
-                await send(data)
-                return
-            task = asyncio.get_running_loop().create_task(_later(delay, send, data))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-        return send_impaired
+    async def hook(self, data: bytes, send: patches.SendRtp) -> None:
+        """An outgoing-RTP hook (agent.media.patches.hook_outgoing_rtp)."""
+        self.sent += 1
+        if self.drop():
+            self.dropped += 1
+            return
+        delay = self.delay_s()
+        if delay <= 0:
+            await send(data)
+            return
+        task = asyncio.get_running_loop().create_task(_later(delay, send, data))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
@@ -121,9 +118,5 @@ async def _later(delay_s: float, send: Callable[[bytes], Awaitable[None]], data:
 def impair_sender(pc: Any, impairment: Impairment) -> ImpairedLink:
     """Impair the RTP that `pc` sends (call after setLocalDescription)."""
     link = ImpairedLink(impairment)
-    transports = {id(s.transport): s.transport for s in pc.getSenders() if s.transport is not None}
-    if not transports:
-        raise RuntimeError("the peer connection has no sender transport yet")
-    for transport in transports.values():
-        transport._send_rtp = link.wrap(transport._send_rtp)
+    patches.hook_outgoing_rtp(pc, link.hook)
     return link

@@ -21,11 +21,12 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from agent import patches
 from agent.audio import OUT_FRAME_SAMPLES, OUT_RATE_HZ, Pcm16
 from agent.clock import MonotonicClock
-from agent.inbound import LinkStats, playout_frames
-from agent.outbound import OutboundAudioTrack
+from agent.media import patches
+from agent.media.inbound import LinkStats, playout_frames
+from agent.media.opus import OpusSendConfig
+from agent.media.outbound import OutboundAudioTrack
 from harness.impair import ImpairedLink, Impairment, impair_sender
 
 log = logging.getLogger(__name__)
@@ -90,13 +91,8 @@ class Caller:
         self._tasks: set[asyncio.Task[None]] = set()
         self._connected = asyncio.Event()
         host = urlsplit(self.url).hostname or ""
-        if host in ("127.0.0.1", "localhost"):
-            patches.pin_host_addresses(["127.0.0.1"])
-        if receive_path == "ringback":
-            patches.install_receive_path()
-        else:
-            patches.uninstall_receive_path()
-        patches.configure_opus(patches.OpusSendConfig())
+        loopback = ["127.0.0.1"] if host in ("127.0.0.1", "localhost") else []
+        patches.install(receive_path, OpusSendConfig(), loopback)
         self.link: LinkStats | None = None
 
     def _started(self, mark: object, t: float) -> None:

@@ -10,8 +10,23 @@ from pathlib import Path
 import av
 import numpy as np
 
-from agent.audio import OUT_RATE_HZ, Pcm16
-from agent.tts import TtsPoolConfig, TtsWorkerPool
+from agent.audio import OUT_RATE_HZ, Pcm16, Resampler
+from agent.engines.tts_pool import TtsPoolConfig, TtsWorkerPool
+
+# The spoken questions of the tests and benchmarks: one list, so their numbers compare.
+QUESTIONS = [
+    "What time is it?",
+    "Good morning.",
+    "What day is it today?",
+    "What can you do?",
+    "What is your name?",
+    "Thank you very much.",
+    "What is two plus three?",
+    "Can you help me?",
+    "What is the weather like?",
+    "Goodbye.",
+]
+STORY_REQUEST = "Tell me a story."  # a long reply, to interrupt
 
 
 @dataclass(frozen=True)
@@ -23,17 +38,14 @@ class Utterance:
 
 def load_wav(path: Path) -> Pcm16:
     """Decode any file FFmpeg reads (WAV of any rate/width/channels) to 48 kHz mono int16."""
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=OUT_RATE_HZ)
-    parts: list[Pcm16] = []
+    resampler = Resampler(OUT_RATE_HZ)
     with av.open(str(path)) as container:
-        for frame in container.decode(audio=0):
-            for out in resampler.resample(frame):
-                parts.append(out.to_ndarray().reshape(-1).astype(np.int16))
-    for out in resampler.resample(None):
-        parts.append(out.to_ndarray().reshape(-1).astype(np.int16))
-    if not parts:
+        parts = [resampler.push_frame(frame) for frame in container.decode(audio=0)]
+    parts.append(resampler.flush())
+    pcm = np.concatenate(parts).astype(np.int16)
+    if pcm.size == 0:
         raise ValueError(f"{path}: no audio")
-    return np.concatenate(parts).astype(np.int16)
+    return pcm
 
 
 def write_wav(path: Path, pcm: Pcm16, rate_hz: int = OUT_RATE_HZ) -> None:

@@ -30,7 +30,7 @@ python)
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip
     "$VENV/bin/pip" install --quiet -e '.[tts,dev]'
-    "$VENV/bin/python" -m agent.selfcheck
+    "$VENV/bin/python" -m agent.call.selfcheck
     touch "$VENV/.installed"
     ;;
 system)

@@ -13,14 +13,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from agent.config import AgentConfig
-from agent.engines.registry import LLM_ENGINES, TTS_ENGINES
+from agent.call.config import AgentConfig
+from agent.call.engines import LLM_ENGINES, TTS_ENGINES
+from agent.conversation.endpointer import EndpointerConfig
+from agent.conversation.turns import TurnConfig
+from agent.engines.tts_pool import TtsPoolConfig
+from agent.media.opus import OpusSendConfig
+from agent.media.rtp_jitter import JitterConfig
 from agent.metrics import DEFAULT_BUDGETS_MS, STAGES
-from agent.patches import OpusSendConfig
-from agent.rtp_jitter import JitterConfig
-from agent.tts import TtsPoolConfig
-from agent.turns import TurnConfig
-from agent.vad import EndpointerConfig
 from signaling.config import IceServer, ServerConfig
 
 T = TypeVar("T")

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from agent import patches
+from agent.call.engines import Engines
+from agent.call.stats import ServerStats
 from agent.clock import Clock, MonotonicClock
-from agent.engines.registry import Engines
-from agent.metrics import ServerStats
+from agent.media import patches
 from signaling.config import ServerConfig
 from signaling.offer import handle_offer, handle_whip, json_error
 from signaling.peers import CallRegistry
@@ -38,14 +38,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Application:
-    patches.check()
-    if config.ice_host_addresses:
-        patches.pin_host_addresses(config.ice_host_addresses)
-    if config.agent.receive_path == "ringback":
-        patches.install_receive_path()
-    else:
-        patches.uninstall_receive_path()
-    patches.configure_opus(config.agent.opus_send)
+    patches.install(
+        config.agent.receive_path, config.agent.opus_send, config.ice_host_addresses
+    )
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
     app[CONFIG] = config
     the_clock = clock or MonotonicClock()

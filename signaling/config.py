@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.config import AgentConfig
+from agent.call.config import AgentConfig
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 

@@ -24,11 +24,11 @@ from aiortc import (
 from aiortc.contrib.media import MediaBlackhole
 from aiortc.mediastreams import MediaStreamTrack
 
+from agent.call.engines import Engines
+from agent.call.events import CHANNEL_LABEL
+from agent.call.session import Session
+from agent.call.stats import ServerStats
 from agent.clock import Clock
-from agent.engines.registry import Engines
-from agent.events import CHANNEL_LABEL
-from agent.metrics import ServerStats
-from agent.session import Session
 from signaling.config import ServerConfig
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness.server import ROOT, Server, free_port, run_server
+from harness.speech import QUESTIONS, STORY_REQUEST
 
 __all__ = ["ROOT", "Server", "free_port", "run_server"]
 
@@ -18,15 +19,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield s
 
 
-SENTENCES = [
-    "What time is it?",
-    "Good morning.",
-    "What day is it today?",
-    "What can you do?",
-    "What is your name?",
-    "Thank you very much.",
-    "Tell me a story.",
-]
+SENTENCES = [*QUESTIONS[:6], STORY_REQUEST]
 
 
 @pytest.fixture(scope="session")

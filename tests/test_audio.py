@@ -1,4 +1,4 @@
-"""Tests for agent.audio (PCM helpers, streaming decimator) and agent.inbound.To16kMono."""
+"""Tests for agent.audio (PCM helpers, streaming decimator) and agent.media.inbound.To16kMono."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from agent.audio import Decimator, dbfs, frames, peak_dbfs, ramp, to_mono, upsample_linear
-from agent.inbound import To16kMono
+from agent.media.inbound import To16kMono
 
 
 def sine(freq_hz: float, n: int, rate: int = 48_000, amplitude: float = 16000.0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests for agent.chunker: token stream → speakable units, fed whole and token by token."""
+"""Tests for agent.conversation.chunker: token stream → speakable units, fed whole and token by token."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from agent.chunker import Chunker, ChunkerConfig
+from agent.conversation.chunker import Chunker, ChunkerConfig
 
 
 def one_push(text: str, config: ChunkerConfig | None = None) -> list[str]:

@@ -1,4 +1,4 @@
-"""agent.concealment: G.711 expansion tables and the pitch-repetition Concealer."""
+"""agent.media.concealment: G.711 expansion tables and the pitch-repetition Concealer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy.typing as npt
 import pytest
 
 from agent.audio import Pcm16
-from agent.concealment import ALAW_TABLE, ULAW_TABLE, Concealer, alaw_decode, ulaw_decode
+from agent.media.concealment import ALAW_TABLE, ULAW_TABLE, Concealer, alaw_decode, ulaw_decode
 
 # -- G.711 ------------------------------------------------------------------------------------
 

@@ -1,11 +1,17 @@
-"""Tests for agent.vad: the Endpointer state machine (driven by x/. strings) and VoiceDetector."""
+"""Tests for agent.conversation.endpointer: the Endpointer state machine (driven by x/. strings) and VoiceDetector."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from agent.vad import Endpointer, EndpointerConfig, EndpointEvent, EndpointKind, VoiceDetector
+from agent.conversation.endpointer import (
+    Endpointer,
+    EndpointerConfig,
+    EndpointEvent,
+    EndpointKind,
+    VoiceDetector,
+)
 
 S, P, R, E, N = (
     EndpointKind.SPEECH_START,
@@ -183,26 +189,28 @@ def test_config_validation(kwargs: dict[str, int]) -> None:
         EndpointerConfig(**kwargs)
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"frame_ms": 10},
-        {"frame_ms": 30},
-        {"min_speech_ms": 200, "onset_window_ms": 200},
-        {"speculate_ms": 400, "eou_silence_ms": 400},
-    ],
-    ids=repr,
-)
-def test_config_boundaries_accepted(kwargs: dict[str, int]) -> None:
-    EndpointerConfig(**kwargs)
+@pytest.mark.parametrize(("frame_ms", "onset_index"), [(10, 11), (30, 3)])
+def test_other_webrtcvad_frame_lengths_work(frame_ms: int, onset_index: int) -> None:
+    cfg = EndpointerConfig(frame_ms=frame_ms)  # onset: 120 ms of voice, in frames of this size
+    events = kinds("x" * 30 + "." * (1000 // frame_ms), cfg)
+    assert [k for _, k in events] == [S, P, E]
+    assert events[0][0] == onset_index
 
 
-def test_accepted_config_can_detect_speech() -> None:
-    try:
-        cfg = EndpointerConfig(frame_ms=20, min_speech_ms=10, onset_window_ms=10)
-    except ValueError:
-        return  # rejecting it would be fine too
-    assert S in [k for _, k in kinds("x" * 50, cfg)]
+def test_onset_that_needs_its_whole_window() -> None:
+    cfg = EndpointerConfig(min_speech_ms=200, onset_window_ms=200)
+    assert kinds("x" * 9 + "." + "x" * 9, cfg) == [], "9 of 10 frames are not enough"
+    assert kinds("x" * 10, cfg) == [(9, S)]
+
+
+def test_speculation_at_the_end_of_turn_silence_adds_no_pause() -> None:
+    cfg = EndpointerConfig(speculate_ms=400, eou_silence_ms=400)
+    assert kinds("x" * 12 + "." * 25, cfg) == [(5, S), (31, E)]
+
+
+def test_one_voiced_frame_can_be_the_whole_onset() -> None:
+    cfg = EndpointerConfig(frame_ms=20, min_speech_ms=20, onset_window_ms=20)
+    assert kinds("x", cfg) == [(0, S)]
 
 
 def test_reset_mid_turn() -> None:

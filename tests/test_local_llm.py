@@ -6,8 +6,8 @@ import datetime
 
 import pytest
 
+from agent.engines.interfaces import Message, Role
 from agent.engines.local_llm import STORY, LocalLlm, respond
-from agent.llm import Message, Role
 
 NOW = datetime.datetime(2024, 3, 5, 14, 7)  # a Tuesday afternoon
 

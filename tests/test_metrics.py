@@ -123,7 +123,7 @@ def test_summarize() -> None:
 
 
 def test_server_stats_prometheus_text() -> None:
-    from agent.metrics import ServerStats
+    from agent.call.stats import ServerStats
 
     stats = ServerStats(window=3)
     for ttfa in (400.0, 500.0, 600.0, 700.0):  # the window keeps the last three

@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
+from agent.engines.interfaces import LLM, EngineError, Message, Role
 from agent.engines.openai_llm import OpenAiLlm
-from agent.llm import LLM, LlmError, Message, Role
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MakeLlm = Callable[..., Awaitable[OpenAiLlm]]
@@ -197,7 +197,7 @@ async def test_http_errors(
         return web.Response(status=status, text=body)
 
     llm = await make_llm(handler)
-    with pytest.raises(LlmError) as info:
+    with pytest.raises(EngineError) as info:
         await collect(llm)
     assert info.value.retryable is retryable
     assert str(status) in str(info.value)
@@ -209,7 +209,7 @@ async def test_error_body_excerpt_is_bounded(make_llm: MakeLlm) -> None:
         return web.Response(status=400, text="x" * 100_000)
 
     llm = await make_llm(handler)
-    with pytest.raises(LlmError) as info:
+    with pytest.raises(EngineError) as info:
         await collect(llm)
     assert len(str(info.value)) < 500
 
@@ -219,7 +219,7 @@ async def test_retry_after_reported(make_llm: MakeLlm) -> None:
         return web.Response(status=429, text="slow down", headers={"Retry-After": "7"})
 
     llm = await make_llm(handler)
-    with pytest.raises(LlmError, match="retry after 7") as info:
+    with pytest.raises(EngineError, match="retry after 7") as info:
         await collect(llm)
     assert info.value.retryable
 
@@ -231,7 +231,7 @@ async def test_stall_before_headers_times_out(make_llm: MakeLlm) -> None:
 
     llm = await make_llm(handler, timeout_s=0.3)
     started = time.monotonic()
-    with pytest.raises(LlmError) as info:
+    with pytest.raises(EngineError) as info:
         await collect(llm)
     assert info.value.retryable
     assert "sent nothing for 0.3s" in str(info.value)
@@ -242,7 +242,7 @@ async def test_stall_mid_stream_times_out(make_llm: MakeLlm) -> None:
     llm = await make_llm(sse_handler(chunk("first"), then_stall=True), timeout_s=0.3)
     got: list[str] = []
     started = time.monotonic()
-    with pytest.raises(LlmError) as info:
+    with pytest.raises(EngineError) as info:
         async for delta in llm.complete(MESSAGES):
             got.append(delta)
     assert got == ["first"]
@@ -333,7 +333,7 @@ async def test_caller_timeout_is_not_turned_into_llm_error(make_llm: MakeLlm) ->
 async def test_malformed_json_chunk(make_llm: MakeLlm) -> None:
     llm = await make_llm(sse_handler(chunk("ok"), b'data: {"choices": [\n\n', DONE))
     got: list[str] = []
-    with pytest.raises(LlmError, match="invalid JSON") as info:
+    with pytest.raises(EngineError, match="invalid JSON") as info:
         async for delta in llm.complete(MESSAGES):
             got.append(delta)
     assert got == ["ok"]
@@ -346,14 +346,14 @@ async def test_malformed_json_chunk(make_llm: MakeLlm) -> None:
 )
 async def test_unexpected_chunk_shape(make_llm: MakeLlm, bad: bytes) -> None:
     llm = await make_llm(sse_handler(bad, DONE))
-    with pytest.raises(LlmError, match="unexpected stream chunk"):
+    with pytest.raises(EngineError, match="unexpected stream chunk"):
         await collect(llm)
 
 
 async def test_error_object_mid_stream(make_llm: MakeLlm) -> None:
     err = b'data: {"error": {"message": "upstream provider failed"}}\n\n'
     llm = await make_llm(sse_handler(chunk("a"), err))
-    with pytest.raises(LlmError, match="upstream provider failed") as info:
+    with pytest.raises(EngineError, match="upstream provider failed") as info:
         await collect(llm)
     assert info.value.retryable
 
@@ -363,7 +363,7 @@ async def test_json_instead_of_stream(make_llm: MakeLlm) -> None:
         return web.json_response({"choices": [{"message": {"content": "hi"}}]})
 
     llm = await make_llm(handler)
-    with pytest.raises(LlmError, match="expected an event stream") as info:
+    with pytest.raises(EngineError, match="expected an event stream") as info:
         await collect(llm)
     assert not info.value.retryable
 
@@ -377,7 +377,7 @@ async def test_oversized_line_is_an_error(make_llm: MakeLlm) -> None:
         return resp
 
     llm = await make_llm(handler)
-    with pytest.raises(LlmError, match="bad event stream"):
+    with pytest.raises(EngineError, match="bad event stream"):
         await collect(llm)
 
 
@@ -390,7 +390,7 @@ async def test_server_drops_connection_mid_stream(make_llm: MakeLlm) -> None:
         return resp
 
     llm = await make_llm(handler)
-    with pytest.raises(LlmError) as info:
+    with pytest.raises(EngineError) as info:
         await collect(llm)
     assert info.value.retryable
 
@@ -402,7 +402,7 @@ async def test_connection_refused_is_retryable() -> None:
         port = sock.getsockname()[1]
     llm = OpenAiLlm(f"http://127.0.0.1:{port}/v1", "m", None, connect_timeout_s=2)
     try:
-        with pytest.raises(LlmError) as info:
+        with pytest.raises(EngineError) as info:
             await collect(llm)
         assert info.value.retryable
     finally:
@@ -434,6 +434,15 @@ async def test_aclose_without_use_is_harmless() -> None:
     llm = OpenAiLlm("http://127.0.0.1:1/v1", "m", None)
     await llm.aclose()
     await llm.aclose()
+    assert llm._session is None, "closing must not open an HTTP session"
+    # Still usable: a fresh session is made, and a refused port is a clear EngineError.
+    with pytest.raises(EngineError, match=r"connection to .* failed"):
+        async for _ in llm.complete([Message(Role.USER, "hi")]):
+            pass
+    session = llm._session
+    assert session is not None
+    await llm.aclose()
+    assert session.closed and llm._session is None
 
 
 def test_url_joining() -> None:

@@ -1,4 +1,4 @@
-"""agent.opus against the real libopus (PyAV's bundled copy): decode, PLC, in-band FEC."""
+"""agent.media.opus against the real libopus (PyAV's bundled copy): decode, PLC, in-band FEC."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from agent import opus
 from agent.audio import Pcm16
-from agent.opus import (
+from agent.media import opus
+from agent.media.opus import (
     FRAME_SAMPLES,
     OpusDecoder,
-    OpusEncoder,
     OpusError,
     OpusUnavailable,
     _has_lbrr_py,
@@ -21,6 +20,7 @@ from agent.opus import (
     opus_version,
     packet_samples,
 )
+from tests.opus_encoder import OpusEncoder
 
 try:
     opus_version()

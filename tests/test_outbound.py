@@ -1,4 +1,4 @@
-"""Tests for agent.outbound.OutboundAudioTrack, paced on a FakeClock."""
+"""Tests for agent.media.outbound.OutboundAudioTrack, paced on a FakeClock."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from aiortc.mediastreams import MediaStreamError
 
 from agent.clock import FakeClock
-from agent.outbound import RESYNC_LATE_S, OutboundAudioTrack
-from agent.playout import FADE_SAMPLES
+from agent.media.outbound import RESYNC_LATE_S, OutboundAudioTrack
+from agent.media.playout import FADE_SAMPLES
 
 N = 960
 T0 = 1000.0  # FakeClock's default start

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from aiortc.codecs import CODECS
 
-from agent import patches
-from agent.opus import has_fec
+from agent.media import patches
+from agent.media.opus import OpusSendConfig, has_fec
 from tests.test_opus import speech_like
 
 
@@ -23,12 +23,78 @@ def test_check_names_a_missing_symbol(monkeypatch: pytest.MonkeyPatch) -> None:
         patches.check()
 
 
-def test_check_refuses_another_aiortc_version(monkeypatch: pytest.MonkeyPatch) -> None:
-    import aiortc
-
-    monkeypatch.setattr(aiortc, "__version__", "9.9.9")
-    with pytest.raises(patches.PatchError, match=r"pinned to 1\.16\.0"):
+@pytest.mark.parametrize(("package", "pinned"), [("aiortc", r"1\.16\.0"), ("aioice", r"0\.13\.0")])
+def test_check_refuses_another_version(
+    monkeypatch: pytest.MonkeyPatch, package: str, pinned: str
+) -> None:
+    real = patches.version
+    monkeypatch.setattr(patches, "version", lambda p: "9.9.9" if p == package else real(p))
+    with pytest.raises(patches.PatchError, match=rf"{package} 9\.9\.9 .* pinned to {pinned}"):
         patches.check()
+
+
+def test_every_patch_checks_the_pins_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aioice.ice
+    import aiortc.rtcrtpreceiver as receiver
+    import aiortc.rtcrtpsender as sender
+
+    before = (receiver.JitterBuffer, sender.get_encoder, aioice.ice.get_host_addresses)
+    real = patches.version
+    monkeypatch.setattr(patches, "version", lambda p: "9.9.9" if p == "aiortc" else real(p))
+    monkeypatch.setattr(patches, "_checked", False)
+    for install in (
+        lambda: patches.install_receive_path(),
+        lambda: patches.configure_opus(OpusSendConfig()),
+        lambda: patches.pin_host_addresses(["127.0.0.1"]),
+        lambda: patches.hook_outgoing_rtp(object(), _pass),
+        lambda: patches.install("ringback", OpusSendConfig()),
+    ):
+        with pytest.raises(patches.PatchError, match="pinned"):
+            install()
+    assert (receiver.JitterBuffer, sender.get_encoder, aioice.ice.get_host_addresses) == before
+
+
+async def _pass(data: bytes, send: patches.SendRtp) -> None:
+    await send(data)
+
+
+async def test_outgoing_rtp_hook_sees_rtp_only() -> None:
+    sent: list[bytes] = []
+    hooked: list[bytes] = []
+
+    class Transport:
+        async def _send_rtp(self, data: bytes) -> None:
+            sent.append(data)
+
+    class Sender:
+        transport = Transport()
+
+    class Peer:
+        def getSenders(self) -> list[Sender]:
+            return [Sender(), Sender()]  # two senders on one (BUNDLE) transport
+
+    async def drop_odd(data: bytes, send: patches.SendRtp) -> None:
+        hooked.append(data)
+        if data[2] % 2 == 0:
+            await send(data)
+
+    patches.hook_outgoing_rtp(Peer(), drop_odd)
+    transport = Sender.transport
+    rtp = [bytes([0x80, 111, seq]) for seq in range(4)]
+    rtcp = bytes([0x80, 200, 0])  # a sender report
+    for packet in [*rtp, rtcp]:
+        await transport._send_rtp(packet)
+    assert hooked == rtp, "each RTP packet passes the hook once, RTCP never"
+    assert sent == [rtp[0], rtp[2], rtcp]
+
+
+def test_outgoing_rtp_hook_needs_a_transport() -> None:
+    class Peer:
+        def getSenders(self) -> list[object]:
+            return []
+
+    with pytest.raises(patches.PatchError, match="no sender transport"):
+        patches.hook_outgoing_rtp(Peer(), _pass)
 
 
 def test_receive_path_switches_and_restores() -> None:
@@ -53,7 +119,7 @@ def test_receive_path_switches_and_restores() -> None:
 def test_opus_is_sent_at_speech_bitrate_with_in_band_fec() -> None:
     import aiortc.rtcrtpsender as sender
 
-    patches.configure_opus(patches.OpusSendConfig(bitrate_bps=32_000, packet_loss_pct=10))
+    patches.configure_opus(OpusSendConfig(bitrate_bps=32_000, packet_loss_pct=10))
     opus = next(c for c in CODECS["audio"] if c.name == "opus")
     assert opus.parameters["useinbandfec"] == 1 and opus.parameters["minptime"] == 10
     encoder = sender.get_encoder(opus)

@@ -1,11 +1,11 @@
-"""Tests for agent.playout.PlayoutBuffer: exact 20 ms frames, continuity, fades, marks."""
+"""Tests for agent.media.playout.PlayoutBuffer: exact 20 ms frames, continuity, fades, marks."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from agent.playout import FADE_SAMPLES, PlayoutBuffer, PulledFrame
+from agent.media.playout import FADE_SAMPLES, PlayoutBuffer, PulledFrame
 
 N = 960  # 20 ms at 48 kHz
 HALF_FADE = FADE_SAMPLES // 2  # start-up and underrun fades (2.5 ms)

@@ -1,4 +1,4 @@
-"""Tests for agent.rtp_jitter.AdaptiveJitterBuffer on a simulated link (deterministic, synchronous).
+"""Tests for agent.media.rtp_jitter.AdaptiveJitterBuffer on a simulated link (deterministic, synchronous).
 
 The simulator: a sender makes 20 ms Opus-like packets (seq += 1, timestamp += 960 at 48 kHz), a
 network delivers them (drop / extra delay / duplicate / reorder, seeded or explicit, Gilbert–Elliott
@@ -20,7 +20,14 @@ from typing import Any
 
 import pytest
 
-from agent.rtp_jitter import REF_PCT, AdaptiveJitterBuffer, JitterConfig, RtpIn, Slot, SlotKind
+from agent.media.rtp_jitter import (
+    REF_PCT,
+    AdaptiveJitterBuffer,
+    JitterConfig,
+    RtpIn,
+    Slot,
+    SlotKind,
+)
 
 FRAME_S = 0.020
 FRAME_TS = 960
@@ -1074,7 +1081,24 @@ def test_config_validation_window_nan() -> None:
         JitterConfig(window_s=float("nan"))
 
 
-def test_config_boundaries_accepted() -> None:
-    JitterConfig(min_delay_ms=100, max_delay_ms=100, capacity=4)
-    JitterConfig(percentile=100.0)
-    JitterConfig(percentile=REF_PCT + 0.001, window_s=0.001)
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        JitterConfig(min_delay_ms=100, max_delay_ms=100),
+        JitterConfig(capacity=4),
+        JitterConfig(percentile=100.0),
+        JitterConfig(percentile=REF_PCT + 0.001, window_s=0.001),
+    ],
+    ids=["fixed delay", "smallest capacity", "percentile 100", "tiny window"],
+)
+def test_config_boundaries_accepted_and_working(cfg: JitterConfig) -> None:
+    buf = AdaptiveJitterBuffer(cfg)
+    kinds: list[SlotKind] = []
+    for i in range(100):  # 2 s of packets with ±5 ms of jitter, popped every 20 ms
+        arrival = 1.0 + 0.02 * i + (0.005 if i % 2 else -0.005)
+        buf.push(RtpIn(seq=i, timestamp=960 * i, ssrc=7, payload=bytes([i])), arrival)
+        slot = buf.pop(arrival + 0.001)
+        if slot is not None:
+            kinds.append(slot.kind)
+    assert cfg.min_delay_ms <= buf.target_delay_ms <= cfg.max_delay_ms
+    assert kinds.count(SlotKind.PACKET) >= 80, kinds

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from agent import patches
+from agent.media import patches
 from harness.peer import Caller
 from tests.conftest import Server, run_server
 

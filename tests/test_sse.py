@@ -1,4 +1,4 @@
-"""Tests for agent.sse: the WHATWG event-stream rules, fed whole and in arbitrary pieces."""
+"""Tests for agent.engines.sse: the WHATWG event-stream rules, fed whole and in arbitrary pieces."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from agent.sse import SseEvent, SseParser
+from agent.engines.sse import SseEvent, SseParser
 
 
 def feed_all(chunks: list[bytes], parser: SseParser | None = None) -> list[SseEvent]:

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from agent.tts import TtsError, TtsPoolConfig, TtsWorkerPool
+from agent.engines.interfaces import EngineError
+from agent.engines.tts_pool import TtsPoolConfig, TtsWorkerPool
 
 
 async def collect(pool: TtsWorkerPool, text: str) -> np.ndarray:
@@ -61,7 +62,7 @@ async def test_a_dead_worker_fails_the_request_and_is_replaced(pool: TtsWorkerPo
     async with contextlib.aclosing(stream):
         await anext(stream)
         os.kill(pid, signal.SIGKILL)
-        with pytest.raises(TtsError) as err:
+        with pytest.raises(EngineError) as err:
             async for _ in stream:
                 pass
     assert err.value.retryable
@@ -73,7 +74,7 @@ async def test_a_hung_worker_times_out_and_is_replaced(pool: TtsWorkerPool) -> N
     pid = worker_pid(pool)
     os.kill(pid, signal.SIGSTOP)  # alive but silent: an engine that hangs
     try:
-        with pytest.raises(TtsError, match="hung or died") as err:
+        with pytest.raises(EngineError, match="hung or died") as err:
             await collect(pool, "Are you there?")
         assert err.value.retryable
     finally:

@@ -11,10 +11,10 @@ import pytest
 
 from agent.audio import Pcm16
 from agent.clock import FakeClock
-from agent.llm import Conversation, LlmError, Message, Role
+from agent.conversation.history import Conversation
+from agent.conversation.turns import FALLBACK_REPLY, State, TurnConfig, TurnManager
+from agent.engines.interfaces import EngineError, Message, Role
 from agent.metrics import TurnMetrics
-from agent.tts import TtsError
-from agent.turns import FALLBACK_REPLY, State, TurnConfig, TurnManager
 
 CHUNK = 4800  # 100 ms at 48 kHz
 
@@ -23,9 +23,11 @@ class ScriptedLlm:
     name = "scripted"
 
     def __init__(self, reply: str = "It's noon. Anything else?", error: bool = False,
-                 hang: bool = False) -> None:
+                 hang: bool = False, fail_first: int = 0, retryable: bool = True) -> None:
         self.reply = reply
         self.error = error
+        self.fail_first = fail_first  # this many calls fail before any text
+        self.retryable = retryable
         self.hang = hang
         self.calls: list[str] = []
         self.closed = 0
@@ -33,8 +35,8 @@ class ScriptedLlm:
     async def complete(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]:
         self.calls.append(messages[-1].content)
         try:
-            if self.error:
-                raise LlmError("scripted failure", retryable=True)
+            if self.error or len(self.calls) <= self.fail_first:
+                raise EngineError("scripted failure", retryable=self.retryable)
             if self.hang:
                 await asyncio.sleep(3600)
             for i, word in enumerate(self.reply.split(" ")):
@@ -52,8 +54,15 @@ class ScriptedTts:
     sample_rate_hz = 48_000
 
     def __init__(
-        self, chunks_per_unit: int = 3, fail_on: str | None = None, instant: bool = False
+        self,
+        chunks_per_unit: int = 3,
+        fail_on: str | None = None,
+        instant: bool = False,
+        fail_first: int = 0,
+        retryable: bool = False,
     ) -> None:
+        self.fail_first = fail_first  # this many requests fail before any audio
+        self.retryable = retryable
         self.chunks_per_unit = chunks_per_unit
         self.instant = instant  # chunks already waiting in the pipe: no await between them
         self.fail_on = fail_on
@@ -63,8 +72,10 @@ class ScriptedTts:
     async def synthesize(self, text: str) -> AsyncGenerator[Pcm16, None]:
         self.texts.append(text)
         try:
-            if self.fail_on is not None and self.fail_on in text:
-                raise TtsError("scripted TTS failure")
+            if (self.fail_on is not None and self.fail_on in text) or (
+                len(self.texts) <= self.fail_first
+            ):
+                raise EngineError("scripted TTS failure", retryable=self.retryable)
             for _ in range(self.chunks_per_unit):
                 if not self.instant:
                     await asyncio.sleep(0)
@@ -276,12 +287,14 @@ async def test_llm_failure_speaks_a_fallback_and_reports_it() -> None:
     assert rig.of_type("turn")[0]["reply"] == FALLBACK_REPLY
 
 
-async def test_llm_that_hangs_times_out() -> None:
-    config = TurnConfig(llm_first_token_timeout_s=0.05)
+async def test_llm_that_hangs_times_out_on_the_injected_clock() -> None:
+    config = TurnConfig(llm_first_token_timeout_s=2.0)
     rig = Rig(ScriptedLlm(hang=True), ScriptedTts(), config)
     await rig.tm.on_speech_start()
     await rig.tm.on_final("hello", rig.metrics())
-    await asyncio.sleep(0.1)
+    await rig.clock.advance(1.9)
+    assert rig.tts.texts == [] and rig.llm.closed == 0, "gave up before the timeout"
+    await rig.clock.advance(0.2)
     await rig.play_all()
     assert rig.tts.texts == [FALLBACK_REPLY]
     assert rig.llm.closed == 1
@@ -308,3 +321,39 @@ async def test_metrics_are_relative_to_end_of_speech() -> None:
     assert m["eou_delay_ms"] == pytest.approx(400.0)
     for key in ("llm_first_token_ms", "tts_first_chunk_ms", "time_to_first_audio_ms", "total_ms"):
         assert m[key] is not None and m[key] >= 400.0
+
+
+@pytest.mark.parametrize(("fail_first", "spoken"), [(1, ["Hi.", "Hi."]), (2, ["Hi.", "Hi."])])
+async def test_retryable_tts_failure_is_tried_once_more(fail_first: int, spoken: list[str]) -> None:
+    rig = Rig(ScriptedLlm("Hi."), ScriptedTts(fail_first=fail_first, retryable=True))
+    await rig.tm.on_speech_start()
+    await rig.tm.on_final("hello", rig.metrics())
+    await rig.play_all()
+    assert rig.tts.texts == spoken, "one retry, never more"
+    heard = rig.of_type("turn")[0]["reply"]
+    assert heard == ("Hi." if fail_first == 1 else ""), "the retried unit is played"
+    assert bool(rig.of_type("error")) == (fail_first > 1)
+
+
+async def test_permanent_tts_failure_is_not_retried() -> None:
+    rig = Rig(ScriptedLlm("Hi."), ScriptedTts(fail_first=1, retryable=False))
+    await rig.tm.on_speech_start()
+    await rig.tm.on_final("hello", rig.metrics())
+    await rig.play_all()
+    assert rig.tts.texts == ["Hi."]
+    assert rig.of_type("turn")[0]["reply"] == ""
+
+
+@pytest.mark.parametrize(("retryable", "calls", "reply"), [
+    (True, 2, "It's noon. Anything else?"),
+    (False, 1, FALLBACK_REPLY),
+])
+async def test_llm_failure_before_any_text_is_retried_if_retryable(
+    retryable: bool, calls: int, reply: str
+) -> None:
+    rig = Rig(ScriptedLlm(fail_first=1, retryable=retryable), ScriptedTts())
+    await rig.tm.on_speech_start()
+    await rig.tm.on_final("hello", rig.metrics())
+    await rig.play_all()
+    assert len(rig.llm.calls) == calls
+    assert rig.of_type("turn")[0]["reply"] == reply

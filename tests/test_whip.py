@@ -12,10 +12,10 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from agent import patches
 from agent.clock import MonotonicClock
-from agent.inbound import playout_frames
-from agent.outbound import OutboundAudioTrack
+from agent.media import patches
+from agent.media.inbound import playout_frames
+from agent.media.outbound import OutboundAudioTrack
 from harness.peer import LOUD, last_speech_offset
 from tests.conftest import Server
 

@@ -1,1 +1,6 @@
-"""Engines behind the ASR, LLM and TTS interfaces; see agent/engines/registry.py."""
+"""Engines behind the interfaces in interfaces.py: speech recognition, LLM and TTS.
+
+An engine module imports only interfaces.py and the leaf modules agent.audio / agent.clock;
+it knows nothing of aiortc, turns or sessions. agent.call.engines builds them from the
+configuration.
+"""

@@ -12,7 +12,7 @@ import datetime
 import re
 from collections.abc import AsyncGenerator, Callable, Sequence
 
-from agent.llm import Message, Role
+from agent.engines.interfaces import Message, Role
 
 _NUMBERS = {
     w: i

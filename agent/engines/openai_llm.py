@@ -10,8 +10,8 @@ from typing import Any
 
 import aiohttp
 
-from agent.llm import LlmError, Message
-from agent.sse import SseParser
+from agent.engines.interfaces import EngineError, Message
+from agent.engines.sse import SseParser
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class OpenAiLlm:
     `base_url` includes the API version prefix, as the OpenAI SDK's does
     (e.g. `http://127.0.0.1:8000/v1`). `timeout_s` is the longest the server may stay silent:
     before the response headers and between any two reads of the stream, not for the whole
-    reply, since a long reply that keeps flowing is fine. Failures raise `LlmError`, with
+    reply, since a long reply that keeps flowing is fine. Failures raise `EngineError`, with
     `retryable` set for rate limits, server errors, timeouts and connection problems.
     """
 
@@ -110,7 +110,7 @@ class OpenAiLlm:
                 if content_type.startswith("application/json"):
                     # Some servers ignore stream=true or report errors as a JSON 200.
                     body = await _read_excerpt(resp)
-                    raise LlmError(
+                    raise EngineError(
                         f"expected an event stream from {self.url}, got JSON: {body}",
                         retryable=False,
                     )
@@ -119,7 +119,7 @@ class OpenAiLlm:
                     try:
                         events = parser.feed(chunk)
                     except ValueError as exc:
-                        raise LlmError(f"bad event stream from {self.url}: {exc}") from exc
+                        raise EngineError(f"bad event stream from {self.url}: {exc}") from exc
                     for event in events:
                         if event.data.strip() == "[DONE]":
                             log.debug("stream from %s finished", self.url)
@@ -133,16 +133,16 @@ class OpenAiLlm:
             raise _classify_status(exc.status, exc.message, retry_after=None) from exc
         except (aiohttp.InvalidURL, aiohttp.ClientConnectorCertificateError) as exc:
             # Configuration problems: retrying the same request cannot succeed.
-            raise LlmError(f"cannot reach {self.url}: {exc!r}", retryable=False) from exc
+            raise EngineError(f"cannot reach {self.url}: {exc!r}", retryable=False) from exc
         except aiohttp.ConnectionTimeoutError as exc:
-            raise LlmError(f"connecting to {self.url} timed out", retryable=True) from exc
+            raise EngineError(f"connecting to {self.url} timed out", retryable=True) from exc
         except TimeoutError as exc:
             # aiohttp's read timeouts subclass both TimeoutError and ClientError; they land here.
-            raise LlmError(
+            raise EngineError(
                 f"{self.url} sent nothing for {self.timeout_s:g}s", retryable=True
             ) from exc
         except aiohttp.ClientError as exc:
-            raise LlmError(f"connection to {self.url} failed: {exc!r}", retryable=True) from exc
+            raise EngineError(f"connection to {self.url} failed: {exc!r}", retryable=True) from exc
 
     async def aclose(self) -> None:
         """Close the HTTP session if this engine created it; a caller's session is left open."""
@@ -154,23 +154,23 @@ class OpenAiLlm:
 def _parse_chunk(event_type: str, data: str) -> str | None:
     """Return the text delta in one streamed chunk, or None if it carries none."""
     if event_type == "error":
-        raise LlmError(f"server sent an error event: {_excerpt(data)}", retryable=True)
+        raise EngineError(f"server sent an error event: {_excerpt(data)}", retryable=True)
     try:
         chunk = json.loads(data)
     except ValueError as exc:
-        raise LlmError(f"invalid JSON in stream chunk: {_excerpt(data)}") from exc
+        raise EngineError(f"invalid JSON in stream chunk: {_excerpt(data)}") from exc
     if not isinstance(chunk, dict):
-        raise LlmError(f"unexpected stream chunk: {_excerpt(data)}")
+        raise EngineError(f"unexpected stream chunk: {_excerpt(data)}")
     if "error" in chunk:
         # Mid-stream failures (overload, upstream provider errors) are server-side, so a
         # fresh attempt may well succeed.
-        raise LlmError(f"server error mid-stream: {_error_message(chunk)}", retryable=True)
+        raise EngineError(f"server error mid-stream: {_error_message(chunk)}", retryable=True)
     choices = chunk.get("choices")
     if not choices:
         # Usage-only and keep-alive chunks carry no choices.
         return None
     if not isinstance(choices, list) or not isinstance(choices[0], dict):
-        raise LlmError(f"unexpected stream chunk: {_excerpt(data)}")
+        raise EngineError(f"unexpected stream chunk: {_excerpt(data)}")
     delta = choices[0].get("delta")
     if not isinstance(delta, dict):
         return None
@@ -200,20 +200,20 @@ async def _read_excerpt(resp: aiohttp.ClientResponse) -> str:
     return _excerpt(text)
 
 
-async def _status_error(resp: aiohttp.ClientResponse) -> LlmError:
+async def _status_error(resp: aiohttp.ClientResponse) -> EngineError:
     body = await _read_excerpt(resp)
     log.debug("%s answered HTTP %d: %s", resp.url, resp.status, body)
     return _classify_status(resp.status, body, retry_after=resp.headers.get("Retry-After"))
 
 
-def _classify_status(status: int, detail: str, retry_after: str | None) -> LlmError:
+def _classify_status(status: int, detail: str, retry_after: str | None) -> EngineError:
     retryable = status == 429 or status >= 500
     message = f"HTTP {status}"
     if detail:
         message += f": {detail}"
     if retry_after:
         message += f" (retry after {retry_after})"
-    return LlmError(message, retryable=retryable)
+    return EngineError(message, retryable=retryable)
 
 
 def _error_message(obj: dict[str, Any]) -> str:

@@ -16,8 +16,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from agent.asr import AsrError
 from agent.audio import ASR_RATE_HZ, Pcm16
+from agent.engines.interfaces import EngineError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,7 +69,7 @@ class PocketsphinxRecognizer:
         try:
             self._decoder = await self._engine.acquire()
         except Exception as exc:
-            raise AsrError(f"pocketsphinx failed to load: {exc}") from exc
+            raise EngineError(f"pocketsphinx failed to load: {exc}") from exc
 
     async def start(self) -> None:
         if self._in_utt:

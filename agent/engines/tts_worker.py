@@ -22,38 +22,16 @@ import sys
 from collections.abc import Iterator
 from typing import BinaryIO
 
-import av
 import numpy as np
 
-OUT_RATE_HZ = 48_000
+from agent.audio import OUT_RATE_HZ, Resampler
+
 CHUNK_SAMPLES = 4_800  # 100 ms per pipe write
 
 
 def _frame(out: BinaryIO, kind: bytes, payload: bytes = b"") -> None:
     out.write(kind + struct.pack(">I", len(payload)) + payload)
     out.flush()
-
-
-class _Resampler:
-    """Streaming mono s16 resampler to 48 kHz (libswresample through PyAV)."""
-
-    def __init__(self, in_rate_hz: int) -> None:
-        self._in_rate = in_rate_hz
-        self._r = av.AudioResampler(format="s16", layout="mono", rate=OUT_RATE_HZ)
-        self._pts = 0
-
-    def push(self, pcm: bytes) -> bytes:
-        arr = np.frombuffer(pcm, np.int16)
-        if arr.size == 0:
-            return b""
-        frame = av.AudioFrame.from_ndarray(arr.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = self._in_rate
-        frame.pts = self._pts
-        self._pts += arr.size
-        return b"".join(bytes(f.planes[0])[: f.samples * 2] for f in self._r.resample(frame))
-
-    def flush(self) -> bytes:
-        return b"".join(bytes(f.planes[0])[: f.samples * 2] for f in self._r.resample(None))
 
 
 class PiperBackend:
@@ -119,17 +97,18 @@ def main() -> int:
     backend: PiperBackend | EspeakBackend
     backend = PiperBackend(voice) if engine == "piper" else EspeakBackend(voice)
     _frame(out, b"R", json.dumps({"engine": engine, "sample_rate_hz": OUT_RATE_HZ}).encode())
+    rate = backend.sample_rate_hz
     for line in sys.stdin:
         try:
             text = str(json.loads(line)["text"])
-            resampler = _Resampler(backend.sample_rate_hz)
+            resampler = Resampler(OUT_RATE_HZ)
             pending = b""
             for pcm in backend.synthesize(text):
-                pending += resampler.push(pcm)
+                pending += resampler.push(np.frombuffer(pcm, np.int16), rate).tobytes()
                 while len(pending) >= CHUNK_SAMPLES * 2:
                     _frame(out, b"A", pending[: CHUNK_SAMPLES * 2])
                     pending = pending[CHUNK_SAMPLES * 2 :]
-            pending += resampler.flush()
+            pending += resampler.flush().tobytes()
             if pending:
                 _frame(out, b"A", pending)
             _frame(out, b"E")

@@ -1,48 +1,10 @@
-"""LLM interface and per-session conversation history.
-
-An engine streams text deltas for a list of messages: `complete(messages)` returns an async
-iterator, cancellable at any await (barge-in closes it with `aclose()`). Engines know nothing
-of turns or audio; the caller owns timeouts and fallbacks.
-"""
+"""Per-session conversation history: what the LLM is sent, and only what the user heard."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Protocol
 
-
-class Role(StrEnum):
-    SYSTEM = "system"
-    USER = "user"
-    ASSISTANT = "assistant"
-
-
-@dataclass(frozen=True)
-class Message:
-    role: Role
-    content: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"role": str(self.role), "content": self.content}
-
-
-class LlmError(Exception):
-    """An engine failure; `retryable` says whether trying again may help."""
-
-    def __init__(self, message: str, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-class LLM(Protocol):
-    name: str
-
-    def complete(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]: ...
-
-    async def aclose(self) -> None: ...
-
+from agent.engines.interfaces import Message, Role
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful voice assistant on a phone-like call. Answer in one to three short "

@@ -4,7 +4,7 @@
 the engine has one. The pool keeps N worker processes (agent/engines/tts_worker.py), each with
 its voice loaded once, shared by every session. A request that is abandoned mid-stream
 (barge-in) leaves its worker busy until the rest of its output is drained; a worker that hangs
-or dies is killed and replaced, and the request fails with a retryable TtsError.
+or dies is killed and replaced, and the request fails with a retryable EngineError.
 """
 
 from __future__ import annotations
@@ -17,26 +17,15 @@ import struct
 import sys
 from collections.abc import AsyncGenerator, Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from agent.audio import OUT_RATE_HZ, Pcm16
+from agent.clock import Clock, MonotonicClock
+from agent.engines.interfaces import EngineError
 
 log = logging.getLogger(__name__)
-
-
-class TtsError(Exception):
-    def __init__(self, message: str, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-class TTS(Protocol):
-    name: str
-    sample_rate_hz: int
-
-    def synthesize(self, text: str) -> AsyncGenerator[Pcm16, None]: ...
 
 
 @dataclass(frozen=True)
@@ -50,8 +39,6 @@ class TtsPoolConfig:
     acquire_timeout_s: float = 5.0
 
 
-# Timeouts use `asyncio.timeout`, never `asyncio.wait_for`: on Python 3.11 wait_for can swallow
-# a cancellation that races with its inner future completing, and a barge-in must always cancel.
 
 
 class _Worker:
@@ -74,10 +61,11 @@ class _Worker:
 class TtsWorkerPool:
     sample_rate_hz = OUT_RATE_HZ
 
-    def __init__(self, config: TtsPoolConfig) -> None:
+    def __init__(self, config: TtsPoolConfig, clock: Clock | None = None) -> None:
         if config.engine not in ("piper", "espeak"):
             raise ValueError(f"unknown TTS engine {config.engine!r} (piper | espeak)")
         self.config = config
+        self._clock = clock or MonotonicClock()
         self.name = config.engine
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._all: set[_Worker] = set()
@@ -98,31 +86,31 @@ class TtsWorkerPool:
         worker = _Worker(proc)
         self._all.add(worker)
         try:
-            async with asyncio.timeout(self.config.start_timeout_s):
+            async with self._clock.timeout(self.config.start_timeout_s):
                 kind, payload = await worker.read_frame()
             if kind != b"R":
-                raise TtsError(f"TTS worker sent {kind!r} instead of ready")
-        except (TimeoutError, asyncio.IncompleteReadError, TtsError) as exc:
+                raise EngineError(f"TTS worker sent {kind!r} instead of ready")
+        except (TimeoutError, asyncio.IncompleteReadError, EngineError) as exc:
             self._discard(worker)
-            raise TtsError(f"{self.config.engine} TTS worker failed to start: {exc!r}") from exc
+            raise EngineError(f"{self.config.engine} TTS worker failed to start: {exc!r}") from exc
         log.info("TTS worker pid=%d ready: %s", proc.pid, payload.decode())
         return worker
 
     async def synthesize(self, text: str) -> AsyncGenerator[Pcm16, None]:
         if self._closed:
-            raise TtsError("TTS pool is closed")
+            raise EngineError("TTS pool is closed")
         try:
-            async with asyncio.timeout(self.config.acquire_timeout_s):
+            async with self._clock.timeout(self.config.acquire_timeout_s):
                 worker = await self._idle.get()
         except TimeoutError:
-            raise TtsError("no TTS worker free in time (all busy)", retryable=True) from None
+            raise EngineError("no TTS worker free in time (all busy)", retryable=True) from None
         outcome = "abandoned"  # until it ends: the consumer stopped early, or was cancelled
         try:
             worker.stdin.write(json.dumps({"text": text}).encode() + b"\n")
             await worker.stdin.drain()
             timeout = self.config.first_chunk_timeout_s
             while True:
-                async with asyncio.timeout(timeout):
+                async with self._clock.timeout(timeout):
                     kind, payload = await worker.read_frame()
                 timeout = self.config.chunk_timeout_s
                 if kind == b"A":
@@ -132,12 +120,12 @@ class TtsWorkerPool:
                     return
                 elif kind == b"X":
                     outcome = "done"
-                    raise TtsError(f"TTS failed for {text[:40]!r}: {payload.decode()}")
+                    raise EngineError(f"TTS failed for {text[:40]!r}: {payload.decode()}")
                 else:
-                    raise TtsError(f"TTS worker protocol error: {kind!r}")
+                    raise EngineError(f"TTS worker protocol error: {kind!r}")
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
             outcome = "broken"
-            raise TtsError(f"TTS worker hung or died: {exc!r}", retryable=True) from exc
+            raise EngineError(f"TTS worker hung or died: {exc!r}", retryable=True) from exc
         finally:
             if outcome == "done":
                 self._idle.put_nowait(worker)
@@ -150,7 +138,7 @@ class TtsWorkerPool:
         """Read and drop the rest of an abandoned request, then return the worker."""
         try:
             while True:
-                async with asyncio.timeout(self.config.chunk_timeout_s):
+                async with self._clock.timeout(self.config.chunk_timeout_s):
                     kind, _ = await worker.read_frame()
                 if kind in (b"E", b"X"):
                     self._idle.put_nowait(worker)
@@ -166,7 +154,7 @@ class TtsWorkerPool:
     async def _respawn(self) -> None:
         try:
             self._idle.put_nowait(await self._spawn())
-        except TtsError:
+        except EngineError:
             log.exception("could not replace a TTS worker")
 
     def _discard(self, worker: _Worker) -> None:
@@ -189,7 +177,7 @@ class TtsWorkerPool:
             worker.stdin.close()
         for worker in list(self._all):
             try:
-                async with asyncio.timeout(2.0):
+                async with self._clock.timeout(2.0):
                     await worker.proc.wait()
             except TimeoutError:
                 worker.kill()

@@ -2,9 +2,9 @@
 
 Two receive paths:
 
-- **ringback's** (Opus, PCMU, PCMA, when agent.patches.install_receive_path() is active): the
-  track yields each RTP packet as `EncodedAudio`. A reader task pushes them into the adaptive
-  jitter buffer (agent/rtp_jitter.py); the playout loop pops one slot every 20 ms on the
+- **ringback's** (Opus, PCMU, PCMA, when agent.media.patches has installed
+  it): the track yields each RTP packet as `EncodedAudio`. A reader task pushes them into the adaptive
+  jitter buffer (agent/media/rtp_jitter.py); the playout loop pops one slot every 20 ms on the
   injected clock and decodes it: a real frame, a frame recovered from the next packet's Opus
   in-band FEC, or a concealed one (libopus PLC; PCM concealment for G.711). Every slot is
   delivered, so the VAD and the endpointer see continuous time.
@@ -28,11 +28,10 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from agent.audio import ASR_RATE_HZ, Decimator, Pcm16, dbfs, to_mono, upsample_linear
 from agent.clock import Clock
-from agent.concealment import Concealer, alaw_decode, ulaw_decode
+from agent.media.concealment import Concealer, alaw_decode, ulaw_decode
+from agent.media.opus import OpusDecoder
+from agent.media.rtp_jitter import AdaptiveJitterBuffer, JitterConfig, RtpIn, Slot, SlotKind
 from agent.metrics import percentile
-from agent.opus import OpusDecoder
-from agent.patches import EncodedAudio
-from agent.rtp_jitter import AdaptiveJitterBuffer, JitterConfig, RtpIn, Slot, SlotKind
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +43,20 @@ STATS_EVERY_SLOTS = 100  # 2 s
 # catches up by taking the due slots back to back, so no audio is dropped for its sake.
 # Only this far behind does it skip ahead (and the buffer drops the backlog itself).
 MAX_BEHIND_S = 1.0
+
+
+@dataclass(frozen=True)
+class EncodedAudio:
+    """One received RTP audio packet, as the patched receiver hands it to the track."""
+
+    codec: str  # "opus" | "PCMU" | "PCMA"
+    clock_rate_hz: int
+    seq: int
+    timestamp: int  # the RTP timestamp as sent
+    ssrc: int
+    payload: bytes
+    arrival_s: float  # time.monotonic() when the packet reached the receiver
+
 
 
 @dataclass(frozen=True)

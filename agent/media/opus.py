@@ -23,6 +23,7 @@ import ctypes
 import ctypes.util
 import functools
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +34,30 @@ from agent.audio import Pcm16
 SAMPLE_RATE_HZ = 48_000
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz, per channel
 MAX_FRAME_SAMPLES = 5760  # 120 ms: the longest an Opus packet can be
-MAX_PACKET_BYTES = 4000  # encoder output buffer (libopus' recommended upper bound)
 _GRANULE = SAMPLE_RATE_HZ // 400  # 2.5 ms: PLC / FEC lengths must be multiples of this
 
 # opus_defines.h
 _OPUS_OK = 0
-_OPUS_SET_BITRATE = 4002
-_OPUS_SET_VBR = 4006
-_OPUS_SET_COMPLEXITY = 4010
-_OPUS_SET_INBAND_FEC = 4012
-_OPUS_SET_PACKET_LOSS_PERC = 4014
-_OPUS_GET_LOOKAHEAD = 4027
 _OPUS_RESET_STATE = 4028
 _OPUS_GET_LAST_PACKET_DURATION = 4039
-_APPLICATIONS = {"voip": 2048, "audio": 2049, "lowdelay": 2051}
 
 _LIB_GLOBS = ("av.libs/libopus*.so*", "av/.dylibs/libopus*.dylib")
+
+
+@dataclass(frozen=True)
+class OpusSendConfig:
+    """How the agent's own Opus is encoded (applied by agent.media.patches)."""
+
+    bitrate_bps: int = 32_000
+    fec: bool = True
+    packet_loss_pct: int = 10  # the encoder only adds FEC when told to expect loss
+
+    def __post_init__(self) -> None:
+        if not 6_000 <= self.bitrate_bps <= 510_000:
+            raise ValueError("Opus bitrate must be 6000..510000 b/s")
+        if not 0 <= self.packet_loss_pct <= 100:
+            raise ValueError("packet loss hint must be 0..100 %")
+
 
 
 class OpusUnavailable(RuntimeError):
@@ -389,94 +398,3 @@ class OpusDecoder:
     def has_fec(self, payload: bytes) -> bool:
         """`has_fec(payload)`: does the packet carry LBRR for the one before it."""
         return has_fec(payload)
-
-
-class OpusEncoder:
-    """48 kHz int16 PCM → Opus packets of exactly 20 ms (thin: for tests and benchmarks)."""
-
-    def __init__(
-        self,
-        channels: int = 1,
-        bitrate_bps: int = 32_000,
-        fec: bool = True,
-        packet_loss_pct: int = 10,
-        application: str = "voip",
-    ) -> None:
-        self._state: int | None = None
-        if channels not in (1, 2):
-            raise ValueError(f"channels must be 1 or 2, got {channels}")
-        if application not in _APPLICATIONS:
-            raise ValueError(f"application must be one of {sorted(_APPLICATIONS)}")
-        if not 0 <= packet_loss_pct <= 100:
-            raise ValueError("packet_loss_pct must be within 0..100")
-        self.channels = channels
-        self._lib = _library()
-        err = ctypes.c_int(0)
-        state = self._lib.encoder_create(
-            SAMPLE_RATE_HZ, channels, _APPLICATIONS[application], ctypes.byref(err)
-        )
-        if err.value != _OPUS_OK or not state:
-            raise OpusError(err.value or -7, "opus_encoder_create")
-        self._state = state
-        self._set(_OPUS_SET_BITRATE, bitrate_bps, "OPUS_SET_BITRATE")
-        self._set(_OPUS_SET_INBAND_FEC, 1 if fec else 0, "OPUS_SET_INBAND_FEC")
-        self._set(_OPUS_SET_PACKET_LOSS_PERC, packet_loss_pct, "OPUS_SET_PACKET_LOSS_PERC")
-        self._out = ctypes.create_string_buffer(MAX_PACKET_BYTES)
-        self.frames_encoded = 0
-
-    def _live(self) -> int:
-        if self._state is None:
-            raise ValueError("OpusEncoder is closed")
-        return self._state
-
-    def _set(self, request: int, value: int, name: str) -> None:
-        _check(self._lib.encoder_ctl_set(self._live(), request, value), name)
-
-    def set_complexity(self, complexity: int) -> None:
-        """0 (cheapest) … 10 (default, best)."""
-        self._set(_OPUS_SET_COMPLEXITY, complexity, "OPUS_SET_COMPLEXITY")
-
-    def set_vbr(self, vbr: bool) -> None:
-        self._set(_OPUS_SET_VBR, 1 if vbr else 0, "OPUS_SET_VBR")
-
-    @property
-    def lookahead(self) -> int:
-        """Codec delay in samples per channel (decoded audio lags the input by this much)."""
-        out = ctypes.c_int(0)
-        _check(
-            self._lib.encoder_ctl_get(self._live(), _OPUS_GET_LOOKAHEAD, ctypes.byref(out)),
-            "OPUS_GET_LOOKAHEAD",
-        )
-        return out.value
-
-    def encode(self, pcm: Pcm16) -> bytes:
-        """One 20 ms frame: exactly 960 samples per channel, interleaved if stereo."""
-        if pcm.dtype != np.int16:
-            raise ValueError(f"encode() takes int16 PCM, got {pcm.dtype}")
-        if pcm.size != FRAME_SAMPLES * self.channels:
-            raise ValueError(
-                f"encode() takes {FRAME_SAMPLES * self.channels} samples "
-                f"(20 ms × {self.channels} ch), got {pcm.size}"
-            )
-        frame = np.ascontiguousarray(pcm)
-        n = self._lib.encode(
-            self._live(), frame.ctypes.data, FRAME_SAMPLES, self._out, MAX_PACKET_BYTES
-        )
-        _check(n, "opus_encode")
-        self.frames_encoded += 1
-        return ctypes.string_at(self._out, n)
-
-    def close(self) -> None:
-        state, self._state = self._state, None
-        if state:
-            self._lib.encoder_destroy(state)
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
-
-    def __enter__(self) -> OpusEncoder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

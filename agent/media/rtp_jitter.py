@@ -32,6 +32,8 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class RtpIn:
@@ -97,12 +99,6 @@ class JitterStats:
     overflow: int = 0
     gaps: int = 0  # slots concealed while the sender paused (not losses)
     wait_ms: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=500))
-
-
-def _pct(sorted_values: list[float], p: float) -> float:
-    k = (len(sorted_values) - 1) * p / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
 def _unwrap(value: int, reference: int | None, bits: int) -> int:
@@ -196,17 +192,22 @@ class AdaptiveJitterBuffer:
     def target_delay_ms(self) -> float:
         if not self._transit:
             return self.config.min_delay_ms
-        return self._target_ms(sorted(t for _, t in self._transit))
+        return self._target_ms(*self._transit_pcts())
 
-    def _target_ms(self, transits: list[float]) -> float:
-        jitter_ms = (_pct(transits, self.config.percentile) - _pct(transits, REF_PCT)) * 1000
+    def _transit_pcts(self) -> tuple[float, float]:
+        """The reference (REF_PCT) and high (config.percentile) recent transit times, in s."""
+        ref, high = np.percentile([t for _, t in self._transit], [REF_PCT, self.config.percentile])
+        return float(ref), float(high)
+
+    def _target_ms(self, ref_s: float, high_s: float) -> float:
+        jitter_ms = (high_s - ref_s) * 1000
         return min(self.config.max_delay_ms, max(self.config.min_delay_ms, jitter_ms))
 
     def _lag_frames(self, now_s: float) -> float:
         """How far playout is behind (+) or ahead of (−) the playout point, in frames."""
         assert self._next_ts is not None
-        transits = sorted(t for _, t in self._transit)
-        base = _pct(transits, REF_PCT) + self._target_ms(transits) / 1000
+        ref_s, high_s = self._transit_pcts()
+        base = ref_s + self._target_ms(ref_s, high_s) / 1000
         desired_ts = (now_s - base) * self._rate
         return (desired_ts - self._next_ts) / self._frame_ts
 

@@ -19,7 +19,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from agent.audio import OUT_FRAME_SAMPLES, OUT_RATE_HZ, Pcm16
 from agent.clock import Clock
-from agent.playout import PlayoutBuffer
+from agent.media.playout import PlayoutBuffer
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Start-up checks: pinned aiortc patch points and hash-checked third-party model files.
 
-Run as `python -m agent.selfcheck` (the Makefile does after install); the server runs
+Run as `python -m agent.call.selfcheck` (the Makefile does after install); the server runs
 `check_models()` for the engines it is configured with.
 """
 
@@ -11,7 +11,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from agent import patches
+from agent.media import patches
 
 # package → {file inside the package: sha256}. Pinned with the package versions in pyproject.
 MODEL_HASHES: dict[str, dict[str, str]] = {

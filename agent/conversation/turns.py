@@ -28,15 +28,16 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from agent.audio import Pcm16
-from agent.chunker import Chunker, ChunkerConfig
 from agent.clock import Clock
-from agent.llm import LLM, Conversation, LlmError
+from agent.conversation.chunker import Chunker, ChunkerConfig
+from agent.conversation.history import Conversation
+from agent.engines.interfaces import LLM, TTS, EngineError
 from agent.metrics import DEFAULT_BUDGETS_MS, TurnMetrics
-from agent.tts import TTS, TtsError
 
 log = logging.getLogger(__name__)
 
 FALLBACK_REPLY = "Sorry, I'm having trouble answering right now."
+RETRIES = 1  # per engine request, when the engine marks its failure retryable
 
 
 class State(StrEnum):
@@ -163,29 +164,40 @@ class Reply:
         m, clock = self._m, self._m.clock
         chunker = Chunker(m.config.chunker)
         self.metrics.mark("llm_started", clock.now())
-        try:
-            stream = m.llm.complete(m.conversation.messages(self.user_text))
-            async with contextlib.aclosing(stream):
-                async for delta in _with_timeouts(
-                    stream,
-                    m.config.llm_first_token_timeout_s,
-                    m.config.llm_token_timeout_s,
-                ):
-                    self.metrics.mark("llm_first_token", clock.now())
-                    for unit in chunker.push(delta):
-                        await units.put(unit)
-            self.metrics.mark("llm_complete", clock.now())
-            for unit in chunker.flush():
-                await units.put(unit)
-        except (LlmError, TimeoutError) as exc:
-            log.warning("LLM failed (%s): %s", m.llm.name, exc)
-            m.emit({"type": "error", "message": f"LLM failed: {exc}"})
-            spoken = chunker.flush()
-            for unit in spoken:
-                await units.put(unit)
-            if not spoken and not self.units:
-                await units.put(FALLBACK_REPLY)
+        for attempt in range(1 + RETRIES):
+            try:
+                await self._stream_llm(chunker, units)
+                break
+            except (EngineError, TimeoutError) as exc:
+                if _retry(exc, attempt) and self.metrics.llm_first_token is None:
+                    log.info("LLM failed (%s), trying again: %s", m.llm.name, exc)
+                    continue
+                log.warning("LLM failed (%s): %s", m.llm.name, exc)
+                m.emit({"type": "error", "message": f"LLM failed: {exc}"})
+                spoken = chunker.flush()
+                for unit in spoken:
+                    await units.put(unit)
+                if not spoken and not self.units:
+                    await units.put(FALLBACK_REPLY)
+                break
         await units.put(None)
+
+    async def _stream_llm(self, chunker: Chunker, units: asyncio.Queue[str | None]) -> None:
+        m, clock = self._m, self._m.clock
+        stream = m.llm.complete(m.conversation.messages(self.user_text))
+        async with contextlib.aclosing(stream):
+            async for delta in _with_timeouts(
+                stream,
+                clock,
+                m.config.llm_first_token_timeout_s,
+                m.config.llm_token_timeout_s,
+            ):
+                self.metrics.mark("llm_first_token", clock.now())
+                for unit in chunker.push(delta):
+                    await units.put(unit)
+        self.metrics.mark("llm_complete", clock.now())
+        for unit in chunker.flush():
+            await units.put(unit)
 
     async def _speak(self, units: asyncio.Queue[str | None]) -> None:
         """Units → TTS → outbound track; holds audio back until the reply is committed."""
@@ -199,39 +211,54 @@ class Reply:
             self.units.append(unit)
             index += 1
             self.metrics.mark("tts_started", clock.now())
-            pending: list[Pcm16] = []
-            try:
-                async with contextlib.aclosing(m.tts.synthesize(text)) as audio:
-                    async for pcm in audio:
-                        self.metrics.mark("tts_first_chunk", clock.now())
-                        unit.samples += pcm.size
-                        if not self.committed.is_set():
-                            pending.append(pcm)
-                            continue
-                        for held in pending:
-                            await self._play(held, unit.mark)
-                        pending.clear()
-                        await self._play(pcm, unit.mark)
-            except TtsError as exc:
-                log.warning("TTS failed for unit %r: %s", text[:40], exc)
-                m.emit({"type": "error", "message": f"TTS failed: {exc}"})
-                unit.failed = True
-                continue
-            if pending:
-                await self.committed.wait()
+            for attempt in range(1 + RETRIES):
+                try:
+                    await self._synthesize(unit)
+                    unit.complete = True
+                    break
+                except EngineError as exc:
+                    if _retry(exc, attempt) and unit.samples == 0:
+                        log.info("TTS failed for unit %r, trying again: %s", text[:40], exc)
+                        continue
+                    log.warning("TTS failed for unit %r: %s", text[:40], exc)
+                    m.emit({"type": "error", "message": f"TTS failed: {exc}"})
+                    unit.failed = True
+                    break
+        self.metrics.mark("tts_complete", clock.now())
+
+    async def _synthesize(self, unit: _Unit) -> None:
+        m, clock = self._m, self._m.clock
+        pending: list[Pcm16] = []
+        async with contextlib.aclosing(m.tts.synthesize(unit.text)) as audio:
+            async for pcm in audio:
+                self.metrics.mark("tts_first_chunk", clock.now())
+                unit.samples += pcm.size
+                if not self.committed.is_set():
+                    pending.append(pcm)
+                    continue
                 for held in pending:
                     await self._play(held, unit.mark)
-            unit.complete = True
-        self.metrics.mark("tts_complete", clock.now())
+                pending.clear()
+                await self._play(pcm, unit.mark)
+        if pending:
+            await self.committed.wait()
+            for held in pending:
+                await self._play(held, unit.mark)
+
+
+def _retry(exc: BaseException, attempt: int) -> bool:
+    """Try an engine request again once if the engine says that may help (and nothing of
+    it has been used yet: the callers check that)."""
+    return isinstance(exc, EngineError) and exc.retryable and attempt < RETRIES
 
 
 async def _with_timeouts(
-    stream: AsyncIterator[str], first_s: float, next_s: float
+    stream: AsyncIterator[str], clock: Clock, first_s: float, next_s: float
 ) -> AsyncIterator[str]:
     timeout = first_s
     while True:
         try:
-            async with asyncio.timeout(timeout):
+            async with clock.timeout(timeout):
                 delta = await anext(stream)
         except StopAsyncIteration:
             return

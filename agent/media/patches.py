@@ -1,29 +1,35 @@
 """Patch points into aiortc/aioice private symbols, checked at start-up.
 
-aiortc is pinned (pyproject.toml); `check()` fails with a message naming the symbol if an
+aiortc and aioice are pinned (pyproject.toml); every install function runs `check()`, which fails with a message naming the symbol if an
 upgrade moves one we rely on, instead of the server misbehaving later.
 
 What is patched, and why (facts in the README's "Receive path" section):
 - `aiortc.rtcrtpreceiver.JitterBuffer` / `get_decoder`: aiortc's fixed audio buffer adds
   ~80 ms, ratchets to ~280 ms after one loss and has no concealment. For Opus, PCMU and PCMA
   the patched receiver hands each RTP packet, stamped with its arrival time, straight to
-  the track as `EncodedAudio`; agent/inbound.py buffers (agent/rtp_jitter.py) and decodes it
-  (agent/opus.py, agent/concealment.py). Video and other codecs keep aiortc's path.
+  the track as `EncodedAudio`; agent/media/inbound.py buffers (agent/media/rtp_jitter.py) and decodes it
+  (agent/media/opus.py, agent/media/concealment.py). Video and other codecs keep aiortc's path.
 - `aiortc.codecs.CODECS` (Opus fmtp): answers advertise `useinbandfec=1;minptime=10`, so
   browsers put FEC in their packets.
 - `aiortc.rtcrtpsender.get_encoder`: Opus at a speech bitrate with in-band FEC.
 - `aioice.ice.get_host_addresses`: aioice never offers loopback; tests pin 127.0.0.1.
+- `RTCDtlsTransport._send_rtp` (per connection, `hook_outgoing_rtp`): seeded in-process
+  impairment of what a test or benchmark peer sends.
 """
 
 from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from importlib.metadata import version
 from typing import Any
 
-PINNED_AIORTC = "1.16.0"
+from agent.media.inbound import EncodedAudio
+from agent.media.opus import OpusSendConfig
+
+# Pinned in pyproject.toml: these packages' private symbols are replaced below.
+PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0"}
 
 PATCH_POINTS: tuple[tuple[str, str], ...] = (
     ("aioice.ice", "get_host_addresses"),
@@ -33,31 +39,72 @@ PATCH_POINTS: tuple[tuple[str, str], ...] = (
     ("aiortc.codecs", "CODECS"),
     ("aiortc.codecs.opus", "OpusEncoder"),
     ("aiortc.jitterbuffer", "JitterFrame"),
+    ("aiortc.rtcdtlstransport", "RTCDtlsTransport._send_rtp"),
 )
 
 OWN_DECODE = frozenset({"opus", "PCMU", "PCMA"})
+RECEIVE_PATHS = ("ringback", "aiortc")
+
+SendRtp = Callable[[bytes], Awaitable[None]]
+RtpHook = Callable[[bytes, SendRtp], Awaitable[None]]
 
 
 class PatchError(RuntimeError):
     pass
 
 
-def check() -> None:
-    import aiortc
+_checked = False
 
-    if aiortc.__version__ != PINNED_AIORTC:
-        raise PatchError(
-            f"aiortc {aiortc.__version__} is installed but ringback is pinned to {PINNED_AIORTC}; "
-            "its private symbols are patched, reinstall with `make clean run`"
-        )
-    for module_name, attr in PATCH_POINTS:
-        module = importlib.import_module(module_name)
-        if getattr(module, attr, None) is None:
-            raise PatchError(f"{module_name}.{attr} is missing: the pinned aiortc/aioice changed")
+
+def check() -> None:
+    """Fail, naming the package or symbol, if the installed aiortc/aioice is not the pinned one."""
+    global _checked
+    for package, pinned in PINNED.items():
+        installed = version(package)
+        if installed != pinned:
+            raise PatchError(
+                f"{package} {installed} is installed but ringback is pinned to {pinned}; "
+                "its private symbols are patched, reinstall with `make clean run`"
+            )
+    for module_name, dotted in PATCH_POINTS:
+        target: Any = importlib.import_module(module_name)
+        for attr in dotted.split("."):
+            target = getattr(target, attr, None)
+        if target is None:
+            raise PatchError(f"{module_name}.{dotted} is missing: the pinned aiortc/aioice changed")
+    _checked = True
+
+
+def _guard() -> None:
+    """Every patch checks the pins first: patching the wrong version must fail loudly."""
+    if not _checked:
+        check()
+
+
+def install(
+    receive_path: str, opus_send: OpusSendConfig, host_addresses: Sequence[str] = ()
+) -> None:
+    """The one set-up sequence of the server, the harness and the benchmarks."""
+    check()
+    if host_addresses:
+        pin_host_addresses(host_addresses)
+    use_receive_path(receive_path)
+    configure_opus(opus_send)
+
+
+def use_receive_path(path: str) -> None:
+    """`ringback`: the project's jitter buffer and decoders; `aiortc`: aiortc's own."""
+    if path == "ringback":
+        install_receive_path()
+    elif path == "aiortc":
+        uninstall_receive_path()
+    else:
+        raise ValueError(f"receive path must be one of {', '.join(RECEIVE_PATHS)}, not {path!r}")
 
 
 def pin_host_addresses(addresses: Sequence[str]) -> None:
     """Make ICE gather host candidates only on these addresses (aioice never offers loopback)."""
+    _guard()
     import aioice.ice
 
     fixed = list(addresses)
@@ -68,20 +115,31 @@ def pin_host_addresses(addresses: Sequence[str]) -> None:
     aioice.ice.get_host_addresses = get_host_addresses
 
 
+def hook_outgoing_rtp(pc: Any, hook: RtpHook) -> None:
+    """Route every RTP packet that `pc` sends through `hook(data, send)`; RTCP passes untouched.
+
+    For in-process impairment in tests and benchmarks. Call after setLocalDescription (the
+    transports exist from then on).
+    """
+    _guard()
+    transports = {id(s.transport): s.transport for s in pc.getSenders() if s.transport is not None}
+    if not transports:
+        raise PatchError("the peer connection has no sender transport yet")
+    for transport in transports.values():
+        transport._send_rtp = _hooked(transport._send_rtp, hook)
+
+
+def _hooked(send: SendRtp, hook: RtpHook) -> SendRtp:
+    async def send_hooked(data: bytes) -> None:
+        if len(data) > 1 and 192 <= data[1] <= 223:  # RTCP (RFC 5761 demultiplexing)
+            await send(data)
+        else:
+            await hook(data, send)
+
+    return send_hooked
+
+
 # --- receive path -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EncodedAudio:
-    """One received RTP audio packet, as the patched receiver hands it to the track."""
-
-    codec: str  # "opus" | "PCMU" | "PCMA"
-    clock_rate_hz: int
-    seq: int
-    timestamp: int  # the RTP timestamp as sent
-    ssrc: int
-    payload: bytes
-    arrival_s: float  # time.monotonic() when the packet reached the receiver
 
 
 _originals: dict[str, Any] = {}
@@ -94,6 +152,7 @@ def _private(module_name: str) -> Any:
 
 def install_receive_path(now: Callable[[], float] = time.monotonic) -> None:
     """Route Opus/PCMU/PCMA packets to the project's jitter buffer and decoders."""
+    _guard()
     from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 
     receiver = _private("aiortc.rtcrtpreceiver")
@@ -167,21 +226,9 @@ def uninstall_receive_path() -> None:
 # --- send path and SDP --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class OpusSendConfig:
-    bitrate_bps: int = 32_000
-    fec: bool = True
-    packet_loss_pct: int = 10  # the encoder only adds FEC when told to expect loss
-
-    def __post_init__(self) -> None:
-        if not 6_000 <= self.bitrate_bps <= 510_000:
-            raise ValueError("Opus bitrate must be 6000..510000 b/s")
-        if not 0 <= self.packet_loss_pct <= 100:
-            raise ValueError("packet loss hint must be 0..100 %")
-
-
 def configure_opus(send: OpusSendConfig) -> None:
     """Advertise in-band FEC in the SDP and encode with speech settings and FEC."""
+    _guard()
     import aiortc.codecs
     from aiortc.codecs.opus import OpusEncoder
 

@@ -6,11 +6,10 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from agent.asr import AsrEngine
-from agent.config import AgentConfig
-from agent.llm import LLM
-from agent.selfcheck import check_models
-from agent.tts import TtsWorkerPool
+from agent.call.config import AgentConfig
+from agent.call.selfcheck import check_models
+from agent.engines.interfaces import LLM, AsrEngine
+from agent.engines.tts_pool import TtsWorkerPool
 
 log = logging.getLogger(__name__)
 

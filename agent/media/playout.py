@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.audio import OUT_FRAME_SAMPLES, OUT_RATE_HZ, Pcm16, ramp
-from agent.concealment import Concealer
+from agent.media.concealment import Concealer
 
 FADE_SAMPLES = OUT_RATE_HZ * 5 // 1000  # 5 ms
 

@@ -1,0 +1,136 @@
+"""One call: wires the stages together, top to bottom like the diagram in the README.
+
+remote track → inbound (16 kHz mono frames) → listener (VAD, endpointer, ASR)
+    → turn events → TurnManager → LLM → chunker → TTS → OutboundAudioTrack
+events → the `events` data channel
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Hashable
+from typing import Any
+
+from aiortc.mediastreams import MediaStreamTrack
+
+from agent.call.config import AgentConfig
+from agent.call.engines import Engines
+from agent.call.events import EventChannel
+from agent.call.stats import ServerStats
+from agent.clock import Clock
+from agent.conversation.endpointer import Endpointer, VoiceDetector
+from agent.conversation.history import Conversation
+from agent.conversation.listener import (
+    Final,
+    Listener,
+    NoiseOnly,
+    Partial,
+    Paused,
+    Resumed,
+    SpeechStarted,
+    TurnEvent,
+)
+from agent.conversation.turns import TurnManager
+from agent.media.inbound import LinkStats, inbound_frames
+from agent.media.outbound import OutboundAudioTrack
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    def __init__(
+        self,
+        session_id: str,
+        config: AgentConfig,
+        engines: Engines,
+        clock: Clock,
+        stats: ServerStats | None = None,
+    ) -> None:
+        self.id = session_id
+        self.config = config
+        self.engines = engines
+        self.clock = clock
+        self.events = EventChannel(session_id)
+        self.link: LinkStats | None = None
+        self._stats = stats
+        self.outbound = OutboundAudioTrack(
+            clock, config.outbound_max_ahead_ms, on_mark_started=self._on_mark_started
+        )
+        conversation = Conversation()
+        if config.system_prompt:
+            conversation.system_prompt = config.system_prompt
+        self.turns = TurnManager(
+            engines.llm,
+            engines.tts,
+            self.outbound,
+            conversation,
+            clock,
+            self._emit,
+            config.turns,
+        )
+
+    def _on_mark_started(self, mark: Hashable, t: float) -> None:
+        self.turns.on_mark_started(mark, t)
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        if event["type"] == "turn" and self._stats is not None:
+            self._stats.record_turn(
+                event["metrics"], event["interrupted"], len(event["over_budget"])
+            )
+        self.events.emit(event)
+
+    def _on_link(self, stats: LinkStats) -> None:
+        self.link = stats
+        self.events.emit(stats.as_event())
+
+    async def run(self, track: MediaStreamTrack) -> None:
+        """Serve the call until the inbound track ends (or the task is cancelled)."""
+        recognizer = self.engines.asr.create()
+        # Open the recognizer while already draining the track: packets queued during a
+        # model load would otherwise start the call with a deep jitter backlog.
+        opening = asyncio.get_running_loop().create_task(recognizer.open())
+        self.events.emit({"type": "hello", "session_id": self.id})
+        self.events.emit({"type": "state", "state": str(self.turns.state)})
+        cfg = self.config
+        listener = Listener(
+            VoiceDetector(cfg.vad_aggressiveness, cfg.endpointer.frame_ms),
+            Endpointer(cfg.endpointer),
+            recognizer,
+            self.clock,
+            cfg.listener,
+            recognizer_ready=opening,
+        )
+        frames = inbound_frames(track, self.clock, cfg.jitter, on_stats=self._on_link)
+        try:
+            async with contextlib.aclosing(listener.events(frames)) as events:
+                async for event in events:
+                    await self._dispatch(event)
+        finally:
+            opening.cancel()
+            await asyncio.gather(opening, return_exceptions=True)
+            await self.turns.aclose()
+            await recognizer.aclose()
+            self.outbound.stop()
+            if self._stats is not None and self.link is not None:
+                self._stats.record_link(self.link.as_event())
+            log.info("[%s] session ended after %d turns", self.id, self.turns.turns_completed)
+
+    async def _dispatch(self, event: TurnEvent) -> None:
+        match event:
+            case SpeechStarted():
+                await self.turns.on_speech_start()
+            case Partial(text):
+                self.events.emit({"type": "partial", "text": text})
+            case Paused(hypothesis, metrics):
+                await self.turns.on_pause(hypothesis, metrics)
+            case Resumed():
+                await self.turns.on_resume()
+            case NoiseOnly():
+                await self.turns.on_noise()
+            case Final(text, metrics):
+                log.info("[%s] turn %d heard %r", self.id, metrics.turn, text)
+                # An empty final tells the peer the turn was heard but not understood.
+                self.events.emit({"type": "final", "text": text})
+                await self.turns.on_final(text, metrics)
