@@ -37,6 +37,18 @@ DEFAULT_BUDGETS_MS: dict[str, float] = {
 }
 
 
+VALUE_FIELDS = (
+    "turn",
+    "speculative",
+    "final_passes",
+    "final_passes_wasted",
+    "asr_queue_wait_ms",
+    "asr_pass_ms",
+    "eou_silence_ms",
+    "completeness",
+)
+
+
 @dataclass
 class TurnMetrics:
     turn: int
@@ -56,6 +68,13 @@ class TurnMetrics:
     first_audio_out: float | None = None
     end: float | None = None
     speculative: bool = False
+    # Values, not timestamps (exported as they are):
+    final_passes: int = 0  # accurate ASR passes started for this utterance
+    final_passes_wasted: int = 0  # ... discarded because the user went on speaking
+    asr_queue_wait_ms: float | None = None  # the adopted pass's wait for the shared pool
+    asr_pass_ms: float | None = None  # ... and its compute time
+    eou_silence_ms: float | None = None  # the silence that ended the turn
+    completeness: str | None = None  # how complete the words sounded (completeness.py)
 
     def mark(self, name: str, t: float, overwrite: bool = False) -> None:
         """Record a stage time (the first one wins unless overwrite)."""
@@ -67,16 +86,14 @@ class TurnMetrics:
             return None
         return round((t - self.speech_end) * 1000, 1)
 
-    def as_dict(self) -> dict[str, float | int | bool | None]:
+    def as_dict(self) -> dict[str, float | int | bool | str | None]:
         """Stage offsets in ms after the end of speech (the seed names keep their meaning)."""
-        out: dict[str, float | int | bool | None] = {
-            "turn": self.turn,
-            "speculative": self.speculative,
+        out: dict[str, float | int | bool | str | None] = {
+            name: getattr(self, name) for name in VALUE_FIELDS
         }
         for f in fields(self):
-            if f.name in ("turn", "speculative"):
-                continue
-            out[f"{f.name}_ms"] = self._rel_ms(getattr(self, f.name))
+            if f.name not in VALUE_FIELDS:
+                out[f"{f.name}_ms"] = self._rel_ms(getattr(self, f.name))
         for stage, attr in STAGES.items():
             out[stage] = self._rel_ms(getattr(self, attr))
         if self.speech_start is not None and self.speech_end is not None:

@@ -13,11 +13,15 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from agent.call.config import AgentConfig
+from agent.call.config import ASR_MODES, AgentConfig
 from agent.call.engines import LLM_ENGINES, TTS_ENGINES
+from agent.conversation.completeness import TurnEndConfig
 from agent.conversation.endpointer import EndpointerConfig
+from agent.conversation.listener import ListenerConfig
+from agent.conversation.speech_detector import DETECTORS, SpeechDetectorConfig
 from agent.conversation.turns import TurnConfig
 from agent.engines.tts_pool import TtsPoolConfig
+from agent.engines.whisper_pool import WhisperConfig
 from agent.media.opus import OpusSendConfig
 from agent.media.rtp_jitter import JitterConfig
 from agent.metrics import DEFAULT_BUDGETS_MS, STAGES
@@ -55,6 +59,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     e = EndpointerConfig()
     j = JitterConfig()
     o = OpusSendConfig()
+    w = WhisperConfig()
+    sd = SpeechDetectorConfig()
+    te = TurnEndConfig()
 
     def arg(flag: str, default: object, cast: Callable[[str], object], help: str) -> None:
         name = flag.removeprefix("--").replace("-", "_").upper()
@@ -93,9 +100,48 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     arg("--tts-voice", "", str, "piper: path to an .onnx voice; espeak: a voice name")
     arg("--tts-workers", 2, int, "TTS worker processes shared by all calls")
-    arg("--vad-aggressiveness", 2, int, "webrtcvad 0 (lenient) .. 3 (strict)")
+    arg(
+        "--asr",
+        "hybrid",
+        _choice(ASR_MODES),
+        "hybrid: pocketsphinx captions + whisper tiny.en final pass | pocketsphinx only",
+    )
+    arg("--whisper-workers", w.workers, int, "whisper passes that run at once (all calls)")
+    arg("--whisper-threads", w.cpu_threads, int, "CPU threads per whisper pass")
+    arg(
+        "--speech-detector",
+        sd.kind,
+        _choice(DETECTORS),
+        "silero: webrtcvad + Silero VAD + talker gate (noise-proof) | webrtcvad only",
+    )
+    arg("--vad-aggressiveness", sd.vad_aggressiveness, int, "webrtcvad 0 (lenient) .. 3 (strict)")
+    arg("--silero-threshold", sd.silero_threshold, float, "Silero speech probability for voice")
+    arg(
+        "--talker-margin-db",
+        sd.talker_margin_db,
+        float,
+        "voice this far below the user's level is background (0: off)",
+    )
+    arg(
+        "--turn-end",
+        "words",
+        _choice(("words", "silence")),
+        "words: the silence that ends a turn follows how complete the words sound | silence",
+    )
+    arg("--eou-complete-ms", te.complete_ms, int, "silence that ends a complete-sounding turn")
+    arg(
+        "--eou-incomplete-ms",
+        te.incomplete_ms,
+        int,
+        "silence that ends a turn whose words sound unfinished",
+    )
     arg("--min-speech-ms", e.min_speech_ms, int, "voiced audio that starts a turn or a barge-in")
-    arg("--eou-silence-ms", e.eou_silence_ms, int, "silence that ends the user's turn")
+    arg(
+        "--eou-silence-ms",
+        e.eou_silence_ms,
+        int,
+        "silence that ends the user's turn (when the words give no hint)",
+    )
     arg("--speculate-ms", e.speculate_ms, int, "silence after which a reply starts speculatively")
     arg("--no-speculation", False, _bool, "start replies only after the end of turn")
     arg("--system-prompt", "", str, "LLM system prompt; empty: a short voice-assistant prompt")
@@ -143,7 +189,21 @@ def server_config(a: argparse.Namespace) -> ServerConfig:
         for url in _csv(a.ice_servers)
     )
     agent = AgentConfig(
-        vad_aggressiveness=a.vad_aggressiveness,
+        speech=SpeechDetectorConfig(
+            kind=a.speech_detector,
+            vad_aggressiveness=a.vad_aggressiveness,
+            silero_threshold=a.silero_threshold,
+            talker_margin_db=a.talker_margin_db,
+        ),
+        asr=a.asr,
+        whisper=WhisperConfig(workers=a.whisper_workers, cpu_threads=a.whisper_threads),
+        listener=ListenerConfig(
+            turn_end=TurnEndConfig(
+                complete_ms=a.eou_complete_ms,
+                incomplete_ms=a.eou_incomplete_ms,
+                read_words=a.turn_end == "words",
+            )
+        ),
         endpointer=EndpointerConfig(
             min_speech_ms=a.min_speech_ms,
             eou_silence_ms=a.eou_silence_ms,

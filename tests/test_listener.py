@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from agent.audio import Pcm16
 from agent.clock import FakeClock
+from agent.conversation.completeness import TurnEndConfig
 from agent.conversation.endpointer import Endpointer, EndpointerConfig
 from agent.conversation.listener import (
     Final,
@@ -20,6 +24,7 @@ from agent.conversation.listener import (
     SpeechStarted,
     TurnEvent,
 )
+from agent.engines.interfaces import EngineError, Transcription
 
 
 @dataclass(frozen=True)
@@ -131,3 +136,143 @@ async def test_partials_are_paced() -> None:
     partials = [e for e in events if isinstance(e, Partial)]
     # 60 frames = 1.2 s, the first 6 before the onset: one partial per 200 ms after it.
     assert 4 <= len(partials) <= 6
+
+
+# --- hybrid recognition: the accurate pass ------------------------------------------------
+
+
+class ScriptedTranscriber:
+    """Answers after `delay_s` on the fake clock; text chosen by how much audio it got."""
+
+    name = "scripted"
+    sample_rate_hz = 16_000
+
+    def __init__(self, clock: FakeClock, texts: dict[int, str] | str, delay_s: float = 0.06,
+                 fail: bool = False) -> None:
+        self.clock = clock
+        self.texts = texts
+        self.delay_s = delay_s
+        self.fail = fail
+        self.calls: list[int] = []  # frames of audio per pass
+        self.cancelled = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def transcribe(self, pcm16: Pcm16) -> Transcription:
+        frames = pcm16.size // 320
+        self.calls.append(frames)
+        try:
+            await self.clock.sleep(self.delay_s)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if self.fail:
+            raise EngineError("scripted whisper failure")
+        if isinstance(self.texts, str):
+            return Transcription(self.texts, queue_wait_s=0.01, compute_s=self.delay_s)
+        return Transcription(self.texts[frames], compute_s=self.delay_s)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def run_hybrid(
+    pattern: str, transcriber_of: Callable[[FakeClock], ScriptedTranscriber]
+) -> tuple[list[tuple[int, TurnEvent]], ScriptedRecognizer, ScriptedTranscriber]:
+    """Feed one frame per 20 ms of fake time; returns (frame index, event) pairs."""
+    clock = FakeClock()
+    rec = ScriptedRecognizer()
+    transcriber = transcriber_of(clock)
+    listener = Listener(
+        MarkedVoice(),
+        Endpointer(EndpointerConfig()),  # PAUSE after 160 ms, END_OF_TURN after 400 ms
+        rec,
+        clock,
+        ListenerConfig(preroll_ms=0, turn_end=TurnEndConfig(complete_ms=240, incomplete_ms=900)),
+        transcriber=transcriber,
+    )
+    events: list[tuple[int, TurnEvent]] = []
+    for i, frame in enumerate(frames_of(pattern, t0=clock.now())):
+        feeding = asyncio.get_running_loop().create_task(listener.feed(frame))
+        while not feeding.done():  # a Final may wait for the pass: let fake time run meanwhile
+            await clock.advance(0.005)
+        events += [(i, e) for e in feeding.result()]
+        await clock.advance(0.02 - (clock.now() - frame.t) % 0.02)
+    return events, rec, transcriber
+
+
+def only(events: list[tuple[int, TurnEvent]], kind: type) -> list[tuple[int, Any]]:
+    return [(i, e) for i, e in events if isinstance(e, kind)]
+
+
+async def test_the_pass_started_at_the_pause_is_adopted_and_its_words_end_the_turn_sooner() -> None:
+    events, rec, whisper = await run_hybrid(
+        "x" * 20 + "." * 40, lambda c: ScriptedTranscriber(c, "What time is it?")
+    )
+    # One pass, started at the pause: 15 voiced frames after the onset (+1 of pre-roll) and
+    # the 8 silent frames that make the pause.
+    assert whisper.calls == [24]
+    (i_pause, paused), = only(events, Paused)
+    (i_final, final), = only(events, Final)
+    assert paused.hypothesis == final.text == "What time is it?"
+    assert i_pause in (30, 31), "the hypothesis is reported when the pass is back (~60 ms)"
+    # A complete question: the turn ends after 240 ms of silence instead of the default 400.
+    m = final.metrics
+    assert m.eou_silence_ms == 240 and i_final == 31
+    assert (m.final_passes, m.final_passes_wasted, m.completeness) == (1, 0, "complete")
+    assert m.asr_queue_wait_ms == 10.0
+    assert rec.calls == ["start", "cancel"], "the streaming recognizer's final is not needed"
+
+
+async def test_unfinished_words_hold_the_turn_open() -> None:
+    events, _, _ = await run_hybrid(
+        "x" * 20 + "." * 60, lambda c: ScriptedTranscriber(c, "I want to")
+    )
+    (i_final, final), = only(events, Final)
+    assert final.metrics.eou_silence_ms == 900 and final.metrics.completeness == "incomplete"
+    assert i_final == 20 + 45 - 1
+
+
+async def test_speech_after_the_pause_discards_the_pass_and_the_next_pause_reruns_it() -> None:
+    texts = {24: "I'd like to", 48: "I'd like to book a table."}
+    events, _, whisper = await run_hybrid(
+        "x" * 20 + "." * 12 + "x" * 12 + "." * 40, lambda c: ScriptedTranscriber(c, texts)
+    )
+    assert whisper.calls == [24, 48], "re-run on the longer utterance"
+    assert [type(e) for _, e in events if not isinstance(e, Partial)] == [
+        SpeechStarted, Paused, Resumed, Paused, Final
+    ]
+    (_, final), = only(events, Final)
+    assert final.text == "I'd like to book a table."
+    # The first pass was back, but its words were not the turn's: its compute was wasted.
+    assert (final.metrics.final_passes, final.metrics.final_passes_wasted) == (2, 1)
+
+
+async def test_resume_while_the_pass_runs_cancels_it() -> None:
+    texts = {24: "never used", 36: "Call my mother."}
+    events, _, whisper = await run_hybrid(
+        "x" * 20 + "." * 8 + "x" * 4 + "." * 40,
+        lambda c: ScriptedTranscriber(c, texts, delay_s=0.2),
+    )
+    assert whisper.cancelled == 1 and whisper.calls == [24, 36]
+    (_, final), = only(events, Final)
+    assert final.text == "Call my mother."
+    assert (final.metrics.final_passes, final.metrics.final_passes_wasted) == (2, 1)
+
+
+async def test_a_slow_pass_is_awaited_at_the_end_of_turn() -> None:
+    events, _, _ = await run_hybrid(
+        "x" * 20 + "." * 40, lambda c: ScriptedTranscriber(c, "Hello there.", delay_s=0.5)
+    )
+    (_, final), = only(events, Final)
+    assert final.text == "Hello there." and final.metrics.eou_silence_ms == 400
+    assert not only(events, Paused), "no hypothesis before the final: nothing to speculate on"
+
+
+async def test_a_failed_pass_falls_back_to_the_streaming_final() -> None:
+    events, rec, _ = await run_hybrid(
+        "x" * 20 + "." * 40, lambda c: ScriptedTranscriber(c, "unused", fail=True)
+    )
+    (_, final), = only(events, Final)
+    assert final.text == "final words" and rec.calls == ["start", "finish"]

@@ -7,7 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from agent.metrics import DEFAULT_BUDGETS_MS, STAGES, TurnMetrics, percentile, summarize
+from agent.metrics import (
+    DEFAULT_BUDGETS_MS,
+    STAGES,
+    VALUE_FIELDS,
+    TurnMetrics,
+    percentile,
+    summarize,
+)
 
 
 def sample_turn() -> TurnMetrics:
@@ -44,9 +51,10 @@ def test_as_dict_is_relative_to_speech_end() -> None:
 
 def test_as_dict_keys() -> None:
     d = sample_turn().as_dict()
-    timestamps = [f.name for f in dataclasses.fields(TurnMetrics) if f.name not in ("turn", "speculative")]
-    expected = {"turn", "speculative", "speech_ms"} | {f"{n}_ms" for n in timestamps} | set(STAGES)
+    timestamps = [f.name for f in dataclasses.fields(TurnMetrics) if f.name not in VALUE_FIELDS]
+    expected = {*VALUE_FIELDS, "speech_ms"} | {f"{n}_ms" for n in timestamps} | set(STAGES)
     assert set(d) == expected
+    assert d["final_passes"] == 0 and d["completeness"] is None, "values are not turned into ms"
     for stage, attr in STAGES.items():
         assert d[stage] == d[f"{attr}_ms"]
 
@@ -57,7 +65,7 @@ def test_as_dict_without_speech_end() -> None:
     m.mark("endpoint", 6.0)
     d = m.as_dict()
     assert "speech_ms" not in d
-    assert all(v is None for k, v in d.items() if k not in ("turn", "speculative"))
+    assert all(v is None for k, v in d.items() if k not in VALUE_FIELDS)
 
 
 def test_mark_first_wins_unless_overwrite() -> None:

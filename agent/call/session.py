@@ -1,6 +1,6 @@
 """One call: wires the stages together, top to bottom like the diagram in the README.
 
-remote track → inbound (16 kHz mono frames) → listener (VAD, endpointer, ASR)
+remote track → inbound (16 kHz mono frames) → listener (speech detector, endpointer, ASR)
     → turn events → TurnManager → LLM → chunker → TTS → OutboundAudioTrack
 events → the `events` data channel
 """
@@ -20,7 +20,7 @@ from agent.call.engines import Engines
 from agent.call.events import EventChannel
 from agent.call.stats import ServerStats
 from agent.clock import Clock
-from agent.conversation.endpointer import Endpointer, VoiceDetector
+from agent.conversation.endpointer import Endpointer
 from agent.conversation.history import Conversation
 from agent.conversation.listener import (
     Final,
@@ -32,6 +32,7 @@ from agent.conversation.listener import (
     SpeechStarted,
     TurnEvent,
 )
+from agent.conversation.speech_detector import SpeechDetector
 from agent.conversation.turns import TurnManager
 from agent.media.inbound import LinkStats, inbound_frames
 from agent.media.outbound import OutboundAudioTrack
@@ -95,12 +96,13 @@ class Session:
         self.events.emit({"type": "state", "state": str(self.turns.state)})
         cfg = self.config
         listener = Listener(
-            VoiceDetector(cfg.vad_aggressiveness, cfg.endpointer.frame_ms),
+            SpeechDetector(cfg.speech, cfg.endpointer.frame_ms, self.engines.silero),
             Endpointer(cfg.endpointer),
             recognizer,
             self.clock,
             cfg.listener,
             recognizer_ready=opening,
+            transcriber=self.engines.transcriber,
         )
         frames = inbound_frames(track, self.clock, cfg.jitter, on_stats=self._on_link)
         try:

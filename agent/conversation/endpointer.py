@@ -5,7 +5,8 @@ The endpointer turns a stream of voiced/unvoiced decisions into turn events:
     SPEECH_START  enough voiced frames in a short window (min_speech_ms): the user started talking
     PAUSE         the user has been silent for speculate_ms: a good moment to start a reply early
     RESUME        speech came back after a PAUSE, before the turn ended: drop that early reply
-    END_OF_TURN   silent for eou_silence_ms: the user finished
+    END_OF_TURN   silent for eou_silence_ms (or what `set_eou_silence_ms` chose for this
+                  utterance, e.g. from how complete its words sound): the user finished
     NOISE         the "speech" ended but was shorter than min_utterance_ms: not a turn
 
 Every event carries the time of the frame that caused it and, for PAUSE/END_OF_TURN, the end
@@ -73,10 +74,16 @@ class Endpointer:
         self._paused = False
         self._speech_start = 0.0
         self._last_voiced_end = 0.0
+        self._eou_s = config.eou_silence_ms / 1000
 
     @property
     def in_speech(self) -> bool:
         return self._in_speech
+
+    def set_eou_silence_ms(self, ms: int) -> None:
+        """The silence that ends this utterance (e.g. shorter once its words sound complete).
+        Back to the configured `eou_silence_ms` when speech starts or resumes."""
+        self._eou_s = ms / 1000
 
     def reset(self) -> None:
         self._window.clear()
@@ -95,6 +102,7 @@ class Endpointer:
                 self._speech_start = voiced_times[0]
                 self._last_voiced_end = t + self._frame_s
                 self._window.clear()
+                self._eou_s = cfg.eou_silence_ms / 1000
                 return EndpointEvent(EndpointKind.SPEECH_START, t, self._speech_start)
             return None
 
@@ -102,11 +110,12 @@ class Endpointer:
             self._last_voiced_end = t + self._frame_s
             if self._paused:
                 self._paused = False
+                self._eou_s = cfg.eou_silence_ms / 1000
                 return EndpointEvent(EndpointKind.RESUME, t, self._speech_start)
             return None
 
         silence_s = t + self._frame_s - self._last_voiced_end
-        if silence_s + 1e-9 >= cfg.eou_silence_ms / 1000:
+        if silence_s + 1e-9 >= self._eou_s:
             self._in_speech = False
             self._paused = False
             duration_s = self._last_voiced_end - self._speech_start

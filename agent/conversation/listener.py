@@ -1,13 +1,21 @@
 """The listener: 16 kHz frames in, typed turn events out.
 
-Per frame: voice activity (webrtcvad) → the Endpointer → the recognizer. Audio from just
+Per frame: voice activity → the Endpointer → the streaming recognizer. Audio from just
 before the detected onset (pre-roll) is given to the recognizer too, so a word's first
 syllable is not lost to the onset window. While the user speaks, a partial transcript is
 asked for every `partial_interval_ms` and reported when it changes.
 
+With an accurate `Transcriber` (hybrid recognition), the streaming recognizer only gives
+live captions. At the first pause after speech the accurate pass starts on the utterance so
+far, off the event loop; when it is back, its text is the hypothesis a reply may start from
+(`Paused`), and how complete its words sound sets the silence that ends the turn
+(completeness.py). If the user goes on, the pass is discarded and a new one runs at the next
+pause over the longer utterance. At the end of turn the last pass is adopted (awaited if
+still running); if it failed, the streaming recognizer's final is used.
+
     SpeechStarted  the user started talking (a new turn's metrics begin here)
     Partial        a changed live caption
-    Paused         the user has been silent for speculate_ms: the hypothesis so far
+    Paused         the user paused: the hypothesis a speculative reply may start from
     Resumed        speech came back after a pause
     NoiseOnly      the "speech" was too short to be a turn
     Final          end of turn: the final transcript (may be empty: heard, not understood)
@@ -15,16 +23,23 @@ asked for every `partial_interval_ms` and reported when it changes.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
+
+import numpy as np
 
 from agent.audio import Pcm16
 from agent.clock import Clock
+from agent.conversation.completeness import TurnEndConfig, completeness
 from agent.conversation.endpointer import Endpointer, EndpointKind
-from agent.engines.interfaces import Recognizer
+from agent.engines.interfaces import EngineError, Recognizer, Transcriber, Transcription
 from agent.metrics import TurnMetrics
+
+log = logging.getLogger(__name__)
 
 
 class VoiceActivity(Protocol):
@@ -78,6 +93,8 @@ TurnEvent = SpeechStarted | Partial | Paused | Resumed | NoiseOnly | Final
 class ListenerConfig:
     preroll_ms: int = 300  # audio before the detected onset that the recognizer still gets
     partial_interval_ms: int = 200
+    max_utterance_s: float = 30.0  # the accurate pass sees at most the last this many seconds
+    turn_end: TurnEndConfig = field(default_factory=TurnEndConfig)
 
     def __post_init__(self) -> None:
         if self.preroll_ms < 0 or self.partial_interval_ms <= 0:
@@ -95,6 +112,7 @@ class Listener:
         clock: Clock,
         config: ListenerConfig,
         recognizer_ready: Awaitable[None] | None = None,
+        transcriber: Transcriber | None = None,
     ) -> None:
         self._vad = vad
         self._endpointer = endpointer
@@ -102,53 +120,78 @@ class Listener:
         self._clock = clock
         self._config = config
         self._ready = recognizer_ready
+        self._transcriber = transcriber
         frame_ms = endpointer.config.frame_ms
         self._preroll: collections.deque[Pcm16] = collections.deque(
             maxlen=max(1, config.preroll_ms // frame_ms)
         )
+        # The utterance so far, for the accurate pass (bounded: the last max_utterance_s).
+        self._utterance: collections.deque[Pcm16] = collections.deque(
+            maxlen=max(1, int(config.max_utterance_s * 1000) // frame_ms)
+        )
+        self._pass: asyncio.Task[Transcription] | None = None
+        self._pass_reported = False
         self._turn = 0
         self._metrics = TurnMetrics(turn=0)
         self._last_partial = ""
         self._last_partial_t = 0.0
 
     async def events(self, frames: AsyncIterator[Frame]) -> AsyncGenerator[TurnEvent, None]:
-        async for frame in frames:
-            for event in await self.feed(frame):
-                yield event
+        try:
+            async for frame in frames:
+                for event in await self.feed(frame):
+                    yield event
+        finally:
+            await self._drop_pass(wasted=False)
 
     async def feed(self, frame: Frame) -> list[TurnEvent]:
         """One frame in; the turn events it caused (usually none)."""
+        out: list[TurnEvent] = []
+        hypothesis = self._pass_result()  # before the endpointer: it may shorten the silence
+        if hypothesis is not None:
+            out.append(hypothesis)
         ep, rec = self._endpointer, self._rec
         event = ep.feed(self._vad.is_speech(frame.pcm16), frame.t)
         if event is None:
             if not ep.in_speech:
                 self._preroll.append(frame.pcm16)
-                return []
-            await rec.push(frame.pcm16)
+                return out
+            await self._push(frame.pcm16)
             partial = await self._partial(frame.t)
-            return [partial] if partial is not None else []
+            return [*out, partial] if partial is not None else out
 
         kind = event.kind
         if kind == EndpointKind.SPEECH_START:
-            return [await self._start(frame, event.speech_start)]
+            return [*out, await self._start(frame, event.speech_start)]
         if kind == EndpointKind.NOISE:
+            await self._drop_pass(wasted=True)
             await rec.cancel()
-            return [NoiseOnly()]
+            return [*out, NoiseOnly()]
         if kind == EndpointKind.PAUSE:
-            await rec.push(frame.pcm16)
-            return [Paused(await rec.partial(), self._metrics)]
+            await self._push(frame.pcm16)
+            if self._transcriber is None:
+                return [*out, Paused(await rec.partial(), self._metrics)]
+            self._start_pass()
+            return out
         if kind == EndpointKind.RESUME:
-            await rec.push(frame.pcm16)
-            return [Resumed()]
+            await self._push(frame.pcm16)
+            await self._drop_pass(wasted=True)
+            return [*out, Resumed()]
         assert kind == EndpointKind.END_OF_TURN and event.speech_end is not None
         m = self._metrics
         m.mark("speech_end", event.speech_end)
         m.mark("endpoint", frame.t)
-        final = await rec.finish()
+        m.eou_silence_ms = round((frame.t + ep.config.frame_ms / 1000 - event.speech_end) * 1000)
+        final = await self._final()
         m.mark("asr_complete", self._clock.now())
-        return [Final(final, m)]
+        return [*out, Final(final, m)]
+
+    async def _push(self, pcm: Pcm16) -> None:
+        self._utterance.append(pcm)
+        await self._rec.push(pcm)
 
     async def _start(self, frame: Frame, speech_start: float) -> SpeechStarted:
+        await self._drop_pass(wasted=False)
         self._turn += 1
         m = self._metrics = TurnMetrics(turn=self._turn)
         m.mark("audio_chunk_received", frame.t)
@@ -158,10 +201,11 @@ class Listener:
         if self._ready is not None:
             await self._ready  # normally long done; raises if the recognizer failed to open
         await self._rec.start()
+        self._utterance.clear()
         for pcm in self._preroll:
-            await self._rec.push(pcm)
+            await self._push(pcm)
         self._preroll.clear()
-        await self._rec.push(frame.pcm16)
+        await self._push(frame.pcm16)
         return SpeechStarted(m)
 
     async def _partial(self, t: float) -> Partial | None:
@@ -174,3 +218,60 @@ class Listener:
         self._last_partial = text
         self._metrics.mark("asr_partial", self._clock.now())
         return Partial(text)
+
+    # --- the accurate pass -------------------------------------------------------------
+
+    def _start_pass(self) -> None:
+        assert self._transcriber is not None and self._pass is None
+        pcm = np.concatenate(list(self._utterance))
+        self._pass = asyncio.get_running_loop().create_task(
+            self._transcriber.transcribe(pcm), name=f"final-pass-{self._turn}"
+        )
+        self._pass_reported = False
+        self._metrics.final_passes += 1
+
+    def _pass_result(self) -> Paused | None:
+        """The pass's hypothesis, once, when it is back: a reply may start from it, and its
+        words set the silence that ends the turn."""
+        task = self._pass
+        if task is None or self._pass_reported or not task.done():
+            return None
+        self._pass_reported = True
+        if task.cancelled() or task.exception() is not None:
+            return None
+        text = task.result().text
+        default_ms = self._endpointer.config.eou_silence_ms
+        self._endpointer.set_eou_silence_ms(self._config.turn_end.silence_ms(text, default_ms))
+        self._metrics.completeness = str(completeness(text))
+        return Paused(text, self._metrics)
+
+    async def _final(self) -> str:
+        """The accurate pass's text if there is one (adopted, or run now), else the streaming
+        recognizer's final."""
+        m, rec = self._metrics, self._rec
+        if self._transcriber is None:
+            return await rec.finish()
+        if self._pass is None:
+            self._start_pass()
+        task, self._pass = self._pass, None
+        assert task is not None
+        try:
+            result = await task
+        except EngineError as exc:
+            log.warning("accurate ASR pass failed, using the streaming final: %s", exc)
+            return await rec.finish()
+        await rec.cancel()
+        m.asr_queue_wait_ms = round(result.queue_wait_s * 1000, 1)
+        m.asr_pass_ms = round(result.compute_s * 1000, 1)
+        if m.completeness is None:
+            m.completeness = str(completeness(result.text))
+        return result.text
+
+    async def _drop_pass(self, wasted: bool) -> None:
+        task, self._pass = self._pass, None
+        if task is None:
+            return
+        if wasted:
+            self._metrics.final_passes_wasted += 1
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

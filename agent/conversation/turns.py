@@ -32,7 +32,7 @@ from agent.clock import Clock
 from agent.conversation.chunker import Chunker, ChunkerConfig
 from agent.conversation.history import Conversation
 from agent.engines.interfaces import LLM, TTS, EngineError
-from agent.metrics import DEFAULT_BUDGETS_MS, TurnMetrics
+from agent.metrics import DEFAULT_BUDGETS_MS, VALUE_FIELDS, TurnMetrics
 
 log = logging.getLogger(__name__)
 
@@ -426,7 +426,7 @@ class TurnManager:
 
 
 def _adopt(target: TurnMetrics, source: TurnMetrics) -> None:
-    """Copy the session-side stage times (speech, endpoint, ASR) into the reply's metrics."""
+    """Copy what the listener measured (speech, endpoint, ASR) into the reply's metrics."""
     for name in (
         "audio_chunk_received",
         "speech_start",
@@ -439,6 +439,9 @@ def _adopt(target: TurnMetrics, source: TurnMetrics) -> None:
         value = getattr(source, name)
         if value is not None:
             target.mark(name, value, overwrite=True)
+    for name in VALUE_FIELDS:
+        if name not in ("turn", "speculative"):
+            setattr(target, name, getattr(source, name))
 
 
 async def _cancel(reply: Reply) -> None:

@@ -13,6 +13,9 @@ Speech recognition (one recognizer per call, one utterance at a time):
     text = await rec.finish()      # final transcript of the utterance
     await rec.aclose()
 
+An accurate `Transcriber` (shared by all calls) may replace the streaming recognizer's final:
+`await transcriber.transcribe(utterance_pcm16)`.
+
 LLM: `complete(messages)` is an async iterator of text deltas, cancellable at any await
 (barge-in closes it with `aclose()`).
 
@@ -67,6 +70,30 @@ class AsrEngine(Protocol):
         ...
 
     def create(self) -> Recognizer: ...
+
+
+@dataclass(frozen=True)
+class Transcription:
+    text: str
+    queue_wait_s: float = 0.0  # waiting for a shared engine (other calls' passes)
+    compute_s: float = 0.0
+
+
+class Transcriber(Protocol):
+    """An accurate pass over a whole utterance (not streaming), shared by every call."""
+
+    name: str
+    sample_rate_hz: int
+
+    async def start(self) -> None:
+        """Load and warm the model, off the event loop."""
+        ...
+
+    async def transcribe(self, pcm16: Pcm16) -> Transcription:
+        """Cancellable: a pass cancelled before it runs costs nothing."""
+        ...
+
+    async def aclose(self) -> None: ...
 
 
 # --- LLM ----------------------------------------------------------------------------------

