@@ -9,8 +9,8 @@ a noisy room the endpointer would wait for the noise to stop. Three stages, chea
    wheel): speech probability >= `silero_threshold`. It rejects stationary noise (pink, hum,
    white: 0 % of frames at −26 dBFS) but, rightly, takes background talkers for speech.
 3. The talker gate: once the user has been heard, a frame more than `talker_margin_db`
-   below their speech level (a running average of their voiced frames) is someone or
-   something else — background babble 20 dB down, for instance.
+   below their voice's level (an envelope of their voiced frames: fast up, slow down) is
+   someone or something else — background babble 20 dB down, for instance.
 
 Silero keeps recurrent state, so it sees every frame; the model (one onnxruntime session) is
 shared by all calls, the stream state is per call.
@@ -26,6 +26,7 @@ from agent.engines.silero_vad import SileroModel, SileroVad
 
 DETECTORS = ("silero", "webrtcvad")
 FIRST_FRAMES = 10
+ATTACK, RELEASE, RECOVER = 0.2, 0.002, 0.0002  # per 20 ms frame, of the gap in dB
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,6 @@ class SpeechDetectorConfig:
     vad_aggressiveness: int = 2
     silero_threshold: float = 0.5
     talker_margin_db: float = 12.0  # 0 disables the talker gate
-    talker_avg_frames: int = 50  # the talker level follows about 1 s of their speech
 
     def __post_init__(self) -> None:
         if self.kind not in DETECTORS:
@@ -43,8 +43,8 @@ class SpeechDetectorConfig:
             raise ValueError("VAD aggressiveness must be 0..3")
         if not 0 < self.silero_threshold < 1:
             raise ValueError("silero_threshold must be within (0, 1)")
-        if self.talker_margin_db < 0 or self.talker_avg_frames < 1:
-            raise ValueError("talker_margin_db must be >= 0 and talker_avg_frames >= 1")
+        if self.talker_margin_db < 0:
+            raise ValueError("talker_margin_db must be >= 0")
 
 
 class SpeechDetector:
@@ -56,7 +56,6 @@ class SpeechDetector:
         self.config = config
         self._webrtc = VoiceDetector(config.vad_aggressiveness, frame_ms)
         self._silero = SileroVad(silero) if config.kind == "silero" and silero else None
-        self._alpha = 1 / config.talker_avg_frames
         self.talker_dbfs: float | None = None
         self._first: list[float] = []
         self.probability = 0.0  # Silero's latest
@@ -79,9 +78,12 @@ class SpeechDetector:
             return True
         margin = self.config.talker_margin_db
         if margin > 0 and level < talker - margin:
-            # Someone or something quieter. Drift toward it only slowly, so a user who
+            # Someone or something quieter. Drift toward it only very slowly, so a user who
             # really got quieter (moved away from the microphone) is heard again.
-            self.talker_dbfs = talker + self._alpha / 10 * (level - talker)
+            self.talker_dbfs = talker + RECOVER * (level - talker)
             return False
-        self.talker_dbfs = talker + self._alpha * (level - talker)
+        # Fast up, slow down: the estimate follows the loud part of the user's voice and is
+        # not pulled down by their quiet syllables (or by background voices let through).
+        rate = ATTACK if level > talker else RELEASE
+        self.talker_dbfs = talker + rate * (level - talker)
         return True
