@@ -2,7 +2,9 @@
 
 Voice-to-voice latency (README, "Measurement conventions"): from the instant the last speech
 sample of an utterance is handed to the sender, to the arrival of the first reply sample
-louder than -40 dBFS. Both instants are read on this process's monotonic clock.
+louder than -40 dBFS. Both instants are read on this process's monotonic clock. A recording
+with noise around the speech says where its speech ends (`say(..., speech_end_s=)`): its last
+loud sample is the end of the noise, not of the words.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class TurnResult:
     server: dict[str, Any] = field(default_factory=dict)
     link: dict[str, Any] = field(default_factory=dict)  # the server's last `link` event
     t_speech_end: float = 0.0
+    finals: list[str] = field(default_factory=list)  # non-empty finals heard (2+: a cut turn)
     reply_pcm: Pcm16 = field(default_factory=lambda: np.zeros(0, np.int16))
 
 
@@ -156,13 +159,15 @@ class Caller:
 
     # --- speaking --------------------------------------------------------------------------
 
-    async def play(self, pcm: Pcm16, mark: object) -> float:
-        """Send an utterance in real time; returns when its last speech sample was sent."""
+    async def play(self, pcm: Pcm16, mark: object, end_offset: int | None = None) -> float:
+        """Send an utterance in real time; returns when its last speech sample (or the sample
+        at `end_offset`, if given) was sent. The rest of `pcm` goes on playing."""
         await self.mic.enqueue(pcm, mark)
         self.mic.end_stream()  # the whole utterance is queued: silence after it is not a gap
         while mark not in self._mark_start:
             await self._mark_signal.wait()
-        t_end = self._mark_start[mark] + last_speech_offset(pcm) / OUT_RATE_HZ
+        offset = last_speech_offset(pcm) if end_offset is None else end_offset
+        t_end = self._mark_start[mark] + offset / OUT_RATE_HZ
         await self.clock.sleep(max(0.0, t_end - self.clock.now()))
         return t_end
 
@@ -209,8 +214,20 @@ class Caller:
                 async with asyncio.timeout(remaining):
                     await self._event_signal.wait()
 
-    async def say(self, label: str, pcm: Pcm16, timeout_s: float = 30.0) -> TurnResult:
-        """Speak one utterance and wait until the agent's reply has finished playing."""
+    async def say(
+        self,
+        label: str,
+        pcm: Pcm16,
+        timeout_s: float = 30.0,
+        speech_end_s: float | None = None,
+    ) -> TurnResult:
+        """Speak one utterance and wait until the agent's reply has finished playing.
+
+        With `speech_end_s` (where the speech ends in `pcm`, for recordings with noise after
+        the words), latency is measured from the instant that sample was sent, and the call
+        waits until the agent has settled (see `_say_recording`)."""
+        if speech_end_s is not None:
+            return await self._say_recording(label, pcm, timeout_s, speech_end_s)
         t_start = self.clock.now()
         t_end = await self.play(pcm, ("utt", label, t_start))
         turn = await self.wait_event(
@@ -241,8 +258,83 @@ class Caller:
             server={} if turn is None else dict(turn.data.get("metrics", {})),
             link=self.last_event("link"),
             t_speech_end=t_end,
+            finals=self._finals(t_start),
             reply_pcm=self.audio_between(t_end, t_stop),
         )
+
+    async def _say_recording(
+        self, label: str, pcm: Pcm16, timeout_s: float, speech_end_s: float
+    ) -> TurnResult:
+        """`say()` for a recording whose speech ends at `speech_end_s` and may be cut in two.
+
+        Everything the agent does from the start of the utterance until it has settled counts:
+        the whole recording has been sent, every non-empty final has its `turn` event, and the
+        agent went back to `listening` after the speech ended. The turn reported is the one
+        whose final came after the speech ended (the answer to the whole utterance); if the
+        utterance was cut (2+ finals), its latency runs from the end of the speech to the first
+        reply sound after that final, not to the end of a reply to the first half.
+        """
+        t_start = self.clock.now()
+        mark = ("utt", label, t_start)
+        t_end = await self.play(pcm, mark, round(speech_end_s * OUT_RATE_HZ))
+        t_sent = self._mark_start[mark] + pcm.size / OUT_RATE_HZ
+        deadline = t_sent + timeout_s
+        while not (settled := self._settled(t_start, t_end)) or self.clock.now() < t_sent:
+            remaining = deadline - self.clock.now()
+            if remaining <= 0:
+                break
+            wait_s = min(remaining, t_sent - self.clock.now()) if settled else remaining
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(wait_s, 0.0)):
+                    await self._event_signal.wait()
+        # The last reply frames are still in flight when the server reports the turn done.
+        await asyncio.sleep(0.3)
+        window = [e for e in self.events if e.t >= t_start]
+        finals = [e for e in window if e.data.get("type") == "final" and e.data.get("text")]
+        turns = [e for e in window if e.data.get("type") == "turn"]
+        late = [e for e in finals if e.t >= t_end]
+        turn, heard_from = None, t_end
+        if late:
+            text = late[0].data["text"]
+            turn = next(
+                (e for e in turns if e.t >= late[0].t and e.data.get("heard") == text), None
+            )
+            if len(finals) > 1:
+                heard_from = late[0].t
+        if turn is None and turns:
+            turn = turns[-1]
+        final = finals[-1].data["text"] if finals else None
+        onset = self.first_loud_after(heard_from)
+        t_stop = self.clock.now()
+        return TurnResult(
+            label=label,
+            heard=final if turn is None else turn.data.get("heard", final),
+            reply=None if turn is None else turn.data.get("reply"),
+            v2v_ms=None if onset is None or turn is None else round((onset - t_end) * 1000, 1),
+            interrupted=bool(turn and turn.data.get("interrupted")),
+            server={} if turn is None else dict(turn.data.get("metrics", {})),
+            link=self.last_event("link"),
+            t_speech_end=t_end,
+            finals=[str(e.data["text"]) for e in finals],
+            reply_pcm=self.audio_between(t_end, t_stop),
+        )
+
+    def _settled(self, t_start: float, t_end: float) -> bool:
+        """The agent is listening again after `t_end`, with a turn for every final since
+        `t_start` (a non-empty final always ends in a `turn` event: answered or interrupted)."""
+        window = [e for e in self.events if e.t >= t_start]
+        states = [e for e in window if e.data.get("type") == "state"]
+        if not states or states[-1].data.get("state") != "listening" or states[-1].t < t_end:
+            return False
+        turns = sum(1 for e in window if e.data.get("type") == "turn")
+        return turns >= len(self._finals(t_start))
+
+    def _finals(self, t_start: float) -> list[str]:
+        return [
+            str(e.data["text"])
+            for e in self.events
+            if e.t >= t_start and e.data.get("type") == "final" and e.data.get("text")
+        ]
 
     def last_event(self, kind: str) -> dict[str, Any]:
         return next((e.data for e in reversed(self.events) if e.data.get("type") == kind), {})

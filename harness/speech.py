@@ -68,8 +68,20 @@ async def synthesizer(engine: str = "piper") -> AsyncIterator[TtsWorkerPool]:
         await pool.aclose()
 
 
-async def synthesize(pool: TtsWorkerPool, text: str) -> Pcm16:
-    parts = [pcm async for pcm in pool.synthesize(text)]
+async def synthesize(
+    pool: TtsWorkerPool,
+    text: str,
+    length_scale: float | None = None,
+    *,
+    deterministic: bool = False,
+) -> Pcm16:
+    """`text` spoken at 48 kHz; `length_scale` > 1 slower; `deterministic` turns piper's
+    generator noise off, so the same text always gives the same samples."""
+    noise = 0.0 if deterministic else None
+    stream = pool.synthesize(
+        text, length_scale=length_scale, noise_scale=noise, noise_w_scale=noise
+    )
+    parts = [pcm async for pcm in stream]
     return np.concatenate(parts) if parts else np.zeros(0, np.int16)
 
 

@@ -14,7 +14,11 @@ C, INC, U = Completeness.COMPLETE, Completeness.INCOMPLETE, Completeness.UNKNOWN
     [
         ("What time is it?", C),
         ("Tell me a joke.", C),
-        ("Thanks!", C),
+        ("Thanks a lot!", C),
+        ("What is 20 divided by 4?", C),  # digits are words
+        ("Add 5 to 7.", C),
+        ("No.", U),  # "No, that's not what I meant": one word ends no turn early
+        ("Hello.", U),
         ("I'd like to book a table for two.", C),
         ("What is seven times six?", C),
         ("I want to", INC),

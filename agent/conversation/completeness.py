@@ -2,10 +2,12 @@
 
 A pure rule on the words of an accurate transcript (whisper punctuates and cases its output):
 
-    COMPLETE    ends in . ? or ! and the last word can end a sentence ("What time is it?")
+    COMPLETE    ends in . ? or ! and the last word can end a sentence ("What time is it?"),
+                three words or more
     INCOMPLETE  ends in a word that needs more after it ("I want to", "and", "the", "um"),
                 or in a comma or an ellipsis ("I'd like to...")
-    UNKNOWN     no transcript yet, or no punctuation to go by (a streaming partial)
+    UNKNOWN     no transcript yet, no punctuation to go by (a streaming partial), or one or
+                two words ("No.", "Hello.": often the start of more)
 
 The endpointer then waits `complete_ms`, `incomplete_ms` or its default silence. Numbers
 (mean wait, false cut-offs) are in the README; bench/hearing.py measures them.
@@ -42,7 +44,10 @@ TRAILING_WORDS = frozenset(
     """.split()
 )
 
-_WORD = re.compile(r"[a-z']+")
+_WORD = re.compile(r"[a-z0-9']+")
+# One or two words ("No.", "Hello.") are often the start of more ("No, that's not what I
+# meant"): they end the turn after the default silence, not the short one.
+MIN_COMPLETE_WORDS = 3
 
 
 def completeness(text: str) -> Completeness:
@@ -54,7 +59,7 @@ def completeness(text: str) -> Completeness:
     words = _WORD.findall(stripped.lower())
     if words and words[-1] in TRAILING_WORDS:
         return Completeness.INCOMPLETE
-    if stripped[-1] in ".?!":
+    if stripped[-1] in ".?!" and len(words) >= MIN_COMPLETE_WORDS:
         return Completeness.COMPLETE
     return Completeness.UNKNOWN
 

@@ -96,7 +96,17 @@ class TtsWorkerPool:
         log.info("TTS worker pid=%d ready: %s", proc.pid, payload.decode())
         return worker
 
-    async def synthesize(self, text: str) -> AsyncGenerator[Pcm16, None]:
+    async def synthesize(
+        self,
+        text: str,
+        *,
+        length_scale: float | None = None,
+        noise_scale: float | None = None,
+        noise_w_scale: float | None = None,
+    ) -> AsyncGenerator[Pcm16, None]:
+        """Speak `text`. The options are piper's (tts_worker.py) and are sent only when given:
+        `length_scale` < 1 speaks faster; `noise_scale=0, noise_w_scale=0` makes piper's
+        output identical on every call (the harness's reproducible recordings)."""
         if self._closed:
             raise EngineError("TTS pool is closed")
         try:
@@ -106,7 +116,14 @@ class TtsWorkerPool:
             raise EngineError("no TTS worker free in time (all busy)", retryable=True) from None
         outcome = "abandoned"  # until it ends: the consumer stopped early, or was cancelled
         try:
-            worker.stdin.write(json.dumps({"text": text}).encode() + b"\n")
+            options = {
+                "length_scale": length_scale,
+                "noise_scale": noise_scale,
+                "noise_w_scale": noise_w_scale,
+            }
+            request: dict[str, object] = {"text": text}
+            request.update((k, v) for k, v in options.items() if v is not None)
+            worker.stdin.write(json.dumps(request).encode() + b"\n")
             await worker.stdin.drain()
             timeout = self.config.first_chunk_timeout_s
             while True:

@@ -4,7 +4,10 @@ Run as `python -m agent.engines.tts_worker piper|espeak`. The GPL engines (piper
 espeak-ng) live only in this process; the server talks to it over pipes and never imports them.
 
 Protocol (one request at a time):
-  stdin   one JSON line per request: {"text": "..."}
+  stdin   one JSON line per request: {"text": "..."}, optionally with piper's synthesis
+          options "length_scale" (< 1 faster, > 1 slower), "noise_scale" and "noise_w_scale"
+          (0 for both makes the output the same every time); espeak-ng follows only
+          "length_scale", as its speaking rate
   stdout  frames of 1 type byte + 4-byte big-endian length + payload:
           R  ready, payload JSON {"engine", "sample_rate_hz"}  (once, after loading)
           A  audio: 48 kHz mono s16le PCM, streamed as it is synthesized
@@ -20,13 +23,31 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import BinaryIO
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from agent.audio import OUT_RATE_HZ, Resampler
 
 CHUNK_SAMPLES = 4_800  # 100 ms per pipe write
+
+
+@dataclass(frozen=True)
+class Options:
+    """Per-request synthesis options; None keeps the voice's own setting."""
+
+    length_scale: float | None = None
+    noise_scale: float | None = None
+    noise_w_scale: float | None = None
+
+    @classmethod
+    def parse(cls, request: dict[str, Any]) -> Options:
+        def number(key: str) -> float | None:
+            value = request.get(key)
+            return None if value is None else float(value)
+
+        return cls(number("length_scale"), number("noise_scale"), number("noise_w_scale"))
 
 
 def _frame(out: BinaryIO, kind: bytes, payload: bytes = b"") -> None:
@@ -59,8 +80,14 @@ class PiperBackend:
         for _ in self.synthesize("Hello."):
             pass
 
-    def synthesize(self, text: str) -> Iterator[bytes]:
-        for chunk in self.voice.synthesize(text):
+    def synthesize(self, text: str, options: Options | None = None) -> Iterator[bytes]:
+        from piper.config import SynthesisConfig
+
+        o = options or Options()
+        config = SynthesisConfig(
+            length_scale=o.length_scale, noise_scale=o.noise_scale, noise_w_scale=o.noise_w_scale
+        )
+        for chunk in self.voice.synthesize(text, config):
             yield chunk.audio_int16_bytes
 
 
@@ -71,9 +98,11 @@ class EspeakBackend:
         self.voice = voice or "en-us"
         self.sample_rate_hz = 22_050
 
-    def synthesize(self, text: str) -> Iterator[bytes]:
+    def synthesize(self, text: str, options: Options | None = None) -> Iterator[bytes]:
+        length_scale = (options.length_scale if options else None) or 1.0
+        words_per_minute = round(170 / length_scale)
         proc = subprocess.Popen(
-            ["espeak-ng", "--stdout", "-v", self.voice, "-s", "170", "--", text],
+            ["espeak-ng", "--stdout", "-v", self.voice, "-s", str(words_per_minute), "--", text],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
@@ -100,10 +129,11 @@ def main() -> int:
     rate = backend.sample_rate_hz
     for line in sys.stdin:
         try:
-            text = str(json.loads(line)["text"])
+            request = json.loads(line)
+            text, options = str(request["text"]), Options.parse(request)
             resampler = Resampler(OUT_RATE_HZ)
             pending = b""
-            for pcm in backend.synthesize(text):
+            for pcm in backend.synthesize(text, options):
                 pending += resampler.push(np.frombuffer(pcm, np.int16), rate).tobytes()
                 while len(pending) >= CHUNK_SAMPLES * 2:
                     _frame(out, b"A", pending[: CHUNK_SAMPLES * 2])

@@ -1,0 +1,243 @@
+"""Hearing benchmark: the evaluation set (harness/evalset.py) spoken to a real server.
+
+    python -m bench.hearing [--quick] [--seed N] [--json bench/results/hearing.json]
+                            [--variant NAME=ARGS ...]
+
+Each variant is a `ringback serve` configuration (ARGS are extra `serve` flags), started once
+and called once over loopback; the items are said in sequence, each after the agent has
+settled from the one before. Per variant × condition it reports:
+
+- WER of what the agent heard (every non-empty final of the utterance, joined) against the
+  reference words;
+- voice-to-voice p50/p90/p99, from the end of the speech (not of the noise after it) to the
+  first reply sound, and how many items were answered;
+- false cut-offs: pause items whose turn was cut at the pause (2+ finals, or the heard words
+  missing most of the words after the pause), out of the pause items heard at all; and split
+  turns: any item heard as 2+ finals (a plain sentence can be cut at a comma, too);
+- from the server's per-turn metrics, when present: `asr_queue_wait_ms` (p50),
+  `final_passes` and `final_passes_wasted` (totals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.metrics import summarize
+from harness import evalset
+from harness.evalset import EvalItem
+from harness.peer import Caller, TurnResult
+from harness.server import ROOT, run_server
+from harness.speech import synthesizer
+from harness.wer import wer, words
+
+# NAME=SERVE_ARGS; edit to compare configurations by default (e.g. "silence=--turn-end silence").
+DEFAULT_VARIANTS = ["default="]
+SERVER_KEYS = ("asr_queue_wait_ms", "final_passes", "final_passes_wasted")
+TURN_TIMEOUT_S = 20.0  # per item, after the whole recording was sent
+GAP_S = 1.0  # quiet between items, after the agent has settled
+
+
+async def build_items(seed: int, size: evalset.Size) -> list[EvalItem]:
+    async with synthesizer("piper") as pool:
+        return await evalset.build(seed, size, pool)
+
+
+async def run_variant(url: str, items: list[EvalItem]) -> list[TurnResult]:
+    caller = Caller(url)
+    results = []
+    try:
+        await caller.connect()
+        for item in items:
+            result = await caller.say(
+                item.label, item.pcm48, TURN_TIMEOUT_S, speech_end_s=item.speech_end_s
+            )
+            results.append(result)
+            print(f"  {_describe(item, result)}", flush=True)
+            await asyncio.sleep(GAP_S)
+    finally:
+        await caller.close()
+    return results
+
+
+def heard_text(result: TurnResult) -> str:
+    return " ".join(result.finals)
+
+
+def cut_off(item: EvalItem, result: TurnResult) -> bool | None:
+    """Was a pause item's turn ended at its pause? None: not a pause item, or nothing heard."""
+    if item.kind != "pause" or not result.finals:
+        return None
+    if len(result.finals) >= 2:
+        return True
+    heard = set(words(result.finals[0]))
+    after = words(item.after_pause)
+    return sum(w in heard for w in after) * 2 < len(after)
+
+
+def _describe(item: EvalItem, result: TurnResult) -> str:
+    v2v = "-" if result.v2v_ms is None else f"{result.v2v_ms:.0f} ms"
+    cut = " CUT" if cut_off(item, result) else ""
+    return f"{item.label:<48} {v2v:>8}{cut}  heard {result.finals!r}"
+
+
+def item_row(item: EvalItem, result: TurnResult) -> dict[str, Any]:
+    heard = heard_text(result)
+    return {
+        "label": item.label,
+        "condition": item.condition,
+        "kind": item.kind,
+        "text": item.text,
+        "heard": heard,
+        "finals": result.finals,
+        "turn_heard": result.heard,
+        "reply": result.reply,
+        "wer": round(wer(item.text, heard), 3),
+        "ref_words": len(words(item.text)),
+        "v2v_ms": result.v2v_ms,
+        "interrupted": result.interrupted,
+        "cut_off": cut_off(item, result),
+        "server": result.server,
+    }
+
+
+def group_of(row: dict[str, Any]) -> str:
+    return row["condition"] if row["kind"] == "plain" else f"{row['condition']} pause"
+
+
+def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    v2v = [r["v2v_ms"] for r in rows if r["v2v_ms"] is not None]
+    ref_words = sum(r["ref_words"] for r in rows)
+    cuts = [r["cut_off"] for r in rows if r["cut_off"] is not None]
+    pause_items = sum(r["kind"] == "pause" for r in rows)
+    out: dict[str, Any] = {
+        "items": len(rows),
+        "wer": sum(r["wer"] * r["ref_words"] for r in rows) / ref_words if ref_words else None,
+        **summarize(v2v, "v2v_ms"),
+        "answered": len(v2v),
+        "pause_items": pause_items,
+        "pause_items_heard": len(cuts),
+        "false_cut_offs": sum(cuts) if pause_items else None,
+        "split_turns": sum(len(r["finals"]) >= 2 for r in rows),
+    }
+    waits = [
+        float(r["server"]["asr_queue_wait_ms"])
+        for r in rows
+        if isinstance(r["server"].get("asr_queue_wait_ms"), int | float)
+    ]
+    out["asr_queue_wait_ms_p50"] = statistics.median(waits) if waits else None
+    for key in ("final_passes", "final_passes_wasted"):
+        values = [r["server"][key] for r in rows if isinstance(r["server"].get(key), int | float)]
+        out[key] = sum(values) if values else None
+    return out
+
+
+def summaries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(group_of(row), []).append(row)
+    order = [*evalset.CONDITIONS, *(f"{c} pause" for c in evalset.CONDITIONS)]
+    out = {g: summarize_rows(groups[g]) for g in sorted(groups, key=order.index)}
+    out["all"] = summarize_rows(rows)
+    return out
+
+
+def print_table(variants: dict[str, Any]) -> None:
+    def fmt(v: float | None, digits: int = 0) -> str:
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    print(
+        f"\n{'variant':<12} {'condition':<16} {'n':>3} {'WER':>5} {'v2v p50':>8} {'p90':>6} "
+        f"{'p99':>6} {'answered':>8} {'cut-offs':>8} {'split':>5} {'qwait p50':>9} {'passes':>6} {'wasted':>6}"
+    )
+    for name, data in variants.items():
+        for group, s in data["summary"].items():
+            cuts = (
+                "-"
+                if s["false_cut_offs"] is None
+                else f"{s['false_cut_offs']}/{s['pause_items_heard']}"
+            )
+            print(
+                f"{name:<12} {group:<16} {s['items']:>3} {fmt(s['wer'], 2):>5} "
+                f"{fmt(s['v2v_ms_p50']):>8} {fmt(s['v2v_ms_p90']):>6} {fmt(s['v2v_ms_p99']):>6} "
+                f"{s['answered']:>4}/{s['items']:<3} {cuts:>8} {s['split_turns']:>5} "
+                f"{fmt(s['asr_queue_wait_ms_p50']):>9} {fmt(s['final_passes']):>6} "
+                f"{fmt(s['final_passes_wasted']):>6}"
+            )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="the small set (7 items, for CI)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--port", type=int, default=None, help="server port (default: a free one)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help=f"NAME=SERVE_ARGS (repeatable); default: {' '.join(DEFAULT_VARIANTS)}",
+    )
+    p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "hearing.json")
+    args = p.parse_args()
+    size: evalset.Size = "quick" if args.quick else "full"
+    variants = args.variant or DEFAULT_VARIANTS
+
+    t0 = time.monotonic()
+    items = asyncio.run(build_items(args.seed, size))
+    audio_s = sum(item.duration_s for item in items)
+    print(f"{len(items)} items, {audio_s:.0f} s of audio (built in {time.monotonic() - t0:.0f} s)")
+
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {
+        "seed": args.seed,
+        "size": size,
+        "items": [
+            {
+                "label": i.label,
+                "condition": i.condition,
+                "kind": i.kind,
+                "text": i.text,
+                "after_pause": i.after_pause,
+                "speech_end_s": round(i.speech_end_s, 4),
+                "pause_span_s": i.pause_span_s,
+                "length_scale": i.length_scale,
+                "pitch": i.pitch,
+                "duration_s": round(i.duration_s, 3),
+                "sha256": i.digest(),
+            }
+            for i in items
+        ],
+        "variants": {},
+    }
+    for spec in variants:
+        name, _, serve_args = spec.partition("=")
+        print(f"variant {name}: serve {serve_args or '(defaults)'}", flush=True)
+        with run_server(args.json.parent, *shlex.split(serve_args), port=args.port) as server:
+            results = asyncio.run(run_variant(server.url, items))
+        rows = [item_row(item, r) for item, r in zip(items, results, strict=True)]
+        out["variants"][name] = {
+            "serve_args": serve_args,
+            "rows": rows,
+            "summary": summaries(rows),
+        }
+    out["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    args.json.write_text(json.dumps(out, indent=2))
+    print_table(out["variants"])
+    print(
+        "(WER of every final heard vs the reference; v2v ms from the end of the speech; "
+        "cut-offs: pause items cut at the pause / heard; split: items heard as 2+ finals; "
+        f"server: ASR queue wait p50, final passes, wasted; JSON: {args.json})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
