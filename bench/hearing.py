@@ -11,9 +11,11 @@ settled from the one before. Per variant × condition it reports:
   reference words;
 - voice-to-voice p50/p90/p99, from the end of the speech (not of the noise after it) to the
   first reply sound, and how many items were answered;
-- false cut-offs: pause items whose turn was cut at the pause (2+ finals, or the heard words
-  missing most of the words after the pause), out of the pause items heard at all; and split
-  turns: any item heard as 2+ finals (a plain sentence can be cut at a comma, too);
+- false cut-offs: pause items whose turn the agent ended at the pause as the user experiences
+  it (it answered out loud before the user finished, or its answer lacks most of the words
+  after the pause; a turn ended early and taken back unheard is not one), out of the pause
+  items heard at all; and "early": any item the agent answered out loud before the user had
+  finished (a plain sentence can be cut at a comma, too);
 - from the server's per-turn metrics, when present: `asr_queue_wait_ms` (p50),
   `final_passes` and `final_passes_wasted` (totals).
 """
@@ -39,8 +41,14 @@ from harness.server import ROOT, run_server
 from harness.speech import synthesizer
 from harness.wer import wer, words
 
-# NAME=SERVE_ARGS; edit to compare configurations by default (e.g. "silence=--turn-end silence").
-DEFAULT_VARIANTS = ["default="]
+# NAME=SERVE_ARGS, measured side by side in one run: the defaults (hybrid ASR, Silero
+# detector, an end of turn that reads the words); the same with a fixed end-of-turn silence;
+# and the agent before them (pocketsphinx, webrtcvad, a fixed silence).
+DEFAULT_VARIANTS = [
+    "hybrid=",
+    "hybrid-silence=--turn-end silence",
+    "pocketsphinx=--asr pocketsphinx --speech-detector webrtcvad --turn-end silence",
+]
 SERVER_KEYS = ("asr_queue_wait_ms", "final_passes", "final_passes_wasted")
 TURN_TIMEOUT_S = 20.0  # per item, after the whole recording was sent
 GAP_S = 1.0  # quiet between items, after the agent has settled
@@ -69,16 +77,21 @@ async def run_variant(url: str, items: list[EvalItem]) -> list[TurnResult]:
 
 
 def heard_text(result: TurnResult) -> str:
-    return " ".join(result.finals)
+    """What the agent answered: the reported turn's words (a turn the user went on with
+    covers the whole utterance), else every final heard."""
+    return result.heard or " ".join(result.finals)
 
 
 def cut_off(item: EvalItem, result: TurnResult) -> bool | None:
-    """Was a pause item's turn ended at its pause? None: not a pause item, or nothing heard."""
+    """Did the agent end a pause item's turn at its pause, as the user experiences it: it
+    answered out loud before the user had finished, or its answer is to the words before the
+    pause only? A turn ended at the pause and taken back before any reply was heard is not a
+    cut-off. None: not a pause item, or nothing heard."""
     if item.kind != "pause" or not result.finals:
         return None
-    if len(result.finals) >= 2:
+    if result.talked_over:
         return True
-    heard = set(words(result.finals[0]))
+    heard = set(words(heard_text(result)))
     after = words(item.after_pause)
     return sum(w in heard for w in after) * 2 < len(after)
 
@@ -105,6 +118,7 @@ def item_row(item: EvalItem, result: TurnResult) -> dict[str, Any]:
         "v2v_ms": result.v2v_ms,
         "interrupted": result.interrupted,
         "cut_off": cut_off(item, result),
+        "talked_over": result.talked_over,
         "server": result.server,
     }
 
@@ -126,7 +140,7 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "pause_items": pause_items,
         "pause_items_heard": len(cuts),
         "false_cut_offs": sum(cuts) if pause_items else None,
-        "split_turns": sum(len(r["finals"]) >= 2 for r in rows),
+        "split_turns": sum(bool(r["talked_over"]) for r in rows),
     }
     waits = [
         float(r["server"]["asr_queue_wait_ms"])
@@ -156,7 +170,7 @@ def print_table(variants: dict[str, Any]) -> None:
 
     print(
         f"\n{'variant':<12} {'condition':<16} {'n':>3} {'WER':>5} {'v2v p50':>8} {'p90':>6} "
-        f"{'p99':>6} {'answered':>8} {'cut-offs':>8} {'split':>5} {'qwait p50':>9} {'passes':>6} {'wasted':>6}"
+        f"{'p99':>6} {'answered':>8} {'cut-offs':>8} {'early':>5} {'qwait p50':>9} {'passes':>6} {'wasted':>6}"
     )
     for name, data in variants.items():
         for group, s in data["summary"].items():
@@ -233,7 +247,8 @@ def main() -> int:
     print_table(out["variants"])
     print(
         "(WER of every final heard vs the reference; v2v ms from the end of the speech; "
-        "cut-offs: pause items cut at the pause / heard; split: items heard as 2+ finals; "
+        "cut-offs: pause items cut at the pause / heard; early: items answered out loud before "
+        "the user finished; "
         f"server: ASR queue wait p50, final passes, wasted; JSON: {args.json})"
     )
     return 0

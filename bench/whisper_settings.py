@@ -9,8 +9,11 @@ that triggers the pass. Noisy items keep their noise inside that cut.
 
 Each setting is one `WhisperFinal` (agent/engines/whisper_final.py), warmed once, that
 transcribes every item; a row reports the wall time per call (p50/p90/max), the mean WER over
-items (all, clean, noisy) and the calls that hit the length cap (`loops`: tiny.en repeating
-itself). The settings:
+items (all, clean, noisy), the calls that hit the length cap (`loops`) and the calls that
+heard more words than were said (`overlong`). tiny.en on too short a window starts the
+sentence again after its end ("What is 20 divided by 4? What is twenty divided by"); the
+n-gram guard usually ends such a repeat before the cap, so `overlong` is what shows it. The
+settings:
 
 - the encoder window: Whisper's usual 30 s, the server's default 10 s, and 0 (the utterance
   alone), at `cpu_threads=1`;
@@ -44,7 +47,7 @@ from agent.engines.whisper_final import WhisperFinal, model_dir
 from harness import evalset
 from harness.evalset import EvalItem
 from harness.speech import synthesizer
-from harness.wer import wer
+from harness.wer import wer, words
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = ROOT / "bench" / "results" / "whisper_settings.json"
@@ -121,6 +124,19 @@ def run_concurrent(model: WhisperFinal, clips: Sequence[Clip]) -> tuple[list[Pas
     return passes, wall_s
 
 
+def repeated(runs: list[tuple[list[Pass], float]]) -> tuple[list[Pass], float, bool]:
+    """Several runs over the same clips as one: each call's median time, the median wall time,
+    the first run's words, and whether every run heard the same words (greedy decoding
+    should, also with two callers at once)."""
+    first, _ = runs[0]
+    passes = [
+        Pass(p.heard, statistics.median(run[i].seconds for run, _ in runs), p.loop)
+        for i, p in enumerate(first)
+    ]
+    same = all([p.heard for p in run] == [p.heard for p in first] for run, _ in runs)
+    return passes, statistics.median(wall for _, wall in runs), same
+
+
 def _ms(seconds: list[float], q: float) -> float:
     """Percentile `q` (0-100, linear interpolation) in ms."""
     return round(1000 * float(np.percentile(seconds, q)), 1)
@@ -135,7 +151,7 @@ def _mean_wer(clips: Sequence[Clip], passes: Sequence[Pass], clean: bool | None)
     return round(statistics.fmean(errors), 4) if errors else None
 
 
-def measure(setting: Setting, clips: Sequence[Clip]) -> dict[str, Any]:
+def measure(setting: Setting, clips: Sequence[Clip], repeats: int) -> dict[str, Any]:
     model = WhisperFinal(
         model_dir(),
         setting.cpu_threads,
@@ -143,14 +159,19 @@ def measure(setting: Setting, clips: Sequence[Clip]) -> dict[str, Any]:
         window_s=setting.window_s,
     )
     model.warm()
+    sequential = repeated([run_sequential(model, clips) for _ in range(repeats)])
+    passes, wall_s, same_words = sequential
     sequential_wall_s: float | None = None
     if setting.concurrent:
-        # Warm every worker (each keeps its own buffers), then the one-at-a-time baseline.
+        # Warm every worker (each keeps its own buffers); the sequential runs above, on this
+        # same model, are the one-at-a-time baseline.
         run_concurrent(model, clips[:CALLERS])
-        _, sequential_wall_s = run_sequential(model, clips)
-        passes, wall_s = run_concurrent(model, clips)
-    else:
-        passes, wall_s = run_sequential(model, clips)
+        passes, wall_s, same_words = repeated(
+            [run_concurrent(model, clips) for _ in range(repeats)]
+        )
+        heard_alone = [p.heard for p in sequential[0]]
+        same_words = same_words and sequential[2] and heard_alone == [p.heard for p in passes]
+        sequential_wall_s = sequential[1]
     seconds = [p.seconds for p in passes]
     return {
         "name": setting.name,
@@ -165,9 +186,14 @@ def measure(setting: Setting, clips: Sequence[Clip]) -> dict[str, Any]:
         "wer_clean": _mean_wer(clips, passes, True),
         "wer_noisy": _mean_wer(clips, passes, False),
         "loops": sum(p.loop for p in passes),
+        "overlong": sum(
+            len(words(p.heard)) > len(words(c.text)) for c, p in zip(clips, passes, strict=True)
+        ),
         "items": len(passes),
         "wall_s": round(wall_s, 3),
         "sequential_wall_s": None if sequential_wall_s is None else round(sequential_wall_s, 3),
+        "same_words": same_words,
+        "repeats": repeats,
         "heard": [
             {"label": c.label, "heard": p.heard, "ms": round(1000 * p.seconds, 1), "loop": p.loop}
             for c, p in zip(clips, passes, strict=True)
@@ -175,8 +201,8 @@ def measure(setting: Setting, clips: Sequence[Clip]) -> dict[str, Any]:
     }
 
 
-def run(seed: int, size: evalset.Size) -> dict[str, Any]:
-    """Every setting over the evaluation set of `seed` and `size`."""
+def run(seed: int, size: evalset.Size, repeats: int) -> dict[str, Any]:
+    """Every setting over the evaluation set of `seed` and `size`, each `repeats` times."""
     t0 = time.perf_counter()
     items = asyncio.run(build_items(seed, size))
     clips = [clip_of(item) for item in items]
@@ -188,7 +214,7 @@ def run(seed: int, size: evalset.Size) -> dict[str, Any]:
     )
     rows = []
     for setting in SETTINGS:
-        rows.append(measure(setting, clips))
+        rows.append(measure(setting, clips, repeats))
         print(f"  {setting.name}: done", flush=True)
     return {
         "seed": seed,
@@ -213,19 +239,20 @@ def print_table(result: dict[str, Any]) -> None:
         return "-" if v is None else f"{v:.{digits}f}"
 
     print(
-        f"\n{'setting':<24} {'window':>6} {'cpu':>3} {'inter':>5} {'p50 ms':>7} {'p90':>6} "
-        f"{'max':>6} {'WER':>5} {'clean':>5} {'noisy':>5} {'loops':>5} {'wall s':>6}"
+        f"\n{'setting':<24} {'window':>6} {'cpu':>3} {'inter':>5} {'p50 ms':>7} {'p90':>5} "
+        f"{'max':>5} {'WER':>6} {'clean':>6} {'noisy':>6} {'loops':>5} {'overlong':>8} {'wall s':>7} "
+        f"{'1 at a time':>11}"
     )
     for r in result["settings"]:
         window = "trim" if r["window_s"] == 0 else f"{r['window_s']:g} s"
-        wall = fmt(r["wall_s"], 2)
-        if r["sequential_wall_s"] is not None:
-            wall += f" (one at a time {r['sequential_wall_s']:.2f})"
+        loops = f"{r['loops']}/{r['items']}"
+        overlong = f"{r['overlong']}/{r['items']}"
         print(
             f"{r['name']:<24} {window:>6} {r['cpu_threads']:>3} {r['inter_threads']:>5} "
-            f"{fmt(r['ms_p50']):>7} {fmt(r['ms_p90']):>6} {fmt(r['ms_max']):>6} "
-            f"{fmt(r['wer'], 3):>5} {fmt(r['wer_clean'], 3):>5} {fmt(r['wer_noisy'], 3):>5} "
-            f"{r['loops']:>3}/{r['items']:<2} {wall:>6}"
+            f"{fmt(r['ms_p50']):>7} {fmt(r['ms_p90']):>5} {fmt(r['ms_max']):>5} "
+            f"{fmt(r['wer'], 3):>6} {fmt(r['wer_clean'], 3):>6} {fmt(r['wer_noisy'], 3):>6} "
+            f"{loops:>5} {overlong:>8} {fmt(r['wall_s'], 2):>7} {fmt(r['sequential_wall_s'], 2):>11}"
+            + ("" if r["same_words"] else "  (words differ between runs!)")
         )
 
 
@@ -233,15 +260,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the small evaluation set (7 items)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="runs per setting (median times)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = p.parse_args(argv)
-    result = run(args.seed, "quick" if args.quick else "full")
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    result = run(args.seed, "quick" if args.quick else "full", args.repeats)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print_table(result)
     print(
-        f"(ms per call incl. log-mel; WER: mean over items; loops: calls that hit the length "
-        f"cap; {result['machine']['cpus']} CPUs; JSON: {args.json})"
+        f"(ms per call incl. log-mel, median of {args.repeats} runs; WER: mean over items; "
+        f"loops: calls that hit the length cap; overlong: more words heard than said; wall s: the whole set; 1 at a time: the same "
+        f"model without a second caller; {result['machine']['cpus']} CPUs; JSON: {args.json})"
     )
     return 0
 

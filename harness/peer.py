@@ -69,6 +69,7 @@ class TurnResult:
     link: dict[str, Any] = field(default_factory=dict)  # the server's last `link` event
     t_speech_end: float = 0.0
     finals: list[str] = field(default_factory=list)  # non-empty finals heard (2+: a cut turn)
+    talked_over: bool = False  # reply audio arrived before the end of the speech
     reply_pcm: Pcm16 = field(default_factory=lambda: np.zeros(0, np.int16))
 
 
@@ -306,6 +307,10 @@ class Caller:
         final = finals[-1].data["text"] if finals else None
         onset = self.first_loud_after(heard_from)
         t_stop = self.clock.now()
+        # The agent answered part of the utterance out loud while the user was still on it.
+        early = [e for e in finals if e.t < t_end]
+        spoke = self.first_loud_after(early[0].t) if early else None
+        talked_over = spoke is not None and spoke < t_end
         return TurnResult(
             label=label,
             heard=final if turn is None else turn.data.get("heard", final),
@@ -316,6 +321,7 @@ class Caller:
             link=self.last_event("link"),
             t_speech_end=t_end,
             finals=[str(e.data["text"]) for e in finals],
+            talked_over=talked_over,
             reply_pcm=self.audio_between(t_end, t_stop),
         )
 
@@ -326,8 +332,9 @@ class Caller:
         states = [e for e in window if e.data.get("type") == "state"]
         if not states or states[-1].data.get("state") != "listening" or states[-1].t < t_end:
             return False
-        turns = sum(1 for e in window if e.data.get("type") == "turn")
-        return turns >= len(self._finals(t_start))
+        # A reply taken back (the user went on before hearing it) ends in `retracted`.
+        ended = sum(1 for e in window if e.data.get("type") in ("turn", "retracted"))
+        return ended >= len(self._finals(t_start))
 
     def _finals(self, t_start: float) -> list[str]:
         return [

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import re
 
-_NUM = {
-    "0": "zero",
-    "1": "one",
-    "2": "two",
-    "3": "three",
-    "4": "four",
-    "5": "five",
-    "6": "six",
-    "7": "seven",
-    "8": "eight",
-    "9": "nine",
-    "10": "ten",
-}
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen"
+).split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def spell(n: int) -> str:
+    """0..999 in words, the way a speaker says them ("forty two", "three hundred five")."""
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        tens, ones = divmod(n, 10)
+        return _TENS[tens - 2] + ("" if ones == 0 else " " + _ONES[ones])
+    hundreds, rest = divmod(n, 100)
+    return f"{_ONES[hundreds]} hundred" + ("" if rest == 0 else " " + spell(rest))
 
 
 _CONTRACTIONS = {
@@ -36,10 +39,12 @@ _CONTRACTIONS = {
 
 
 def words(text: str) -> list[str]:
-    """Normalized words: lower case, no punctuation, digits spelled, contractions expanded."""
+    """Normalized words: lower case, no punctuation, numbers up to 999 spelled, contractions
+    expanded ("What's 20 + 4?" and "what is twenty four" compare word for word)."""
     out: list[str] = []
     for w in re.sub(r"[^a-z0-9' ]", " ", text.lower().replace("-", " ")).split():
-        w = _NUM.get(w, w)
+        if w.isdigit() and len(w) <= 3:
+            w = spell(int(w))
         out.extend(_CONTRACTIONS.get(w, w).split())
     return out
 

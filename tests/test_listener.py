@@ -276,3 +276,53 @@ async def test_a_failed_pass_falls_back_to_the_streaming_final() -> None:
     )
     (_, final), = only(events, Final)
     assert final.text == "final words" and rec.calls == ["start", "finish"]
+
+
+async def run_continuation(
+    pattern: str, texts: dict[int, str], unheard: bool
+) -> tuple[list[tuple[int, TurnEvent]], ScriptedTranscriber]:
+    clock = FakeClock()
+    whisper = ScriptedTranscriber(clock, texts)
+    listener = Listener(
+        MarkedVoice(),
+        Endpointer(EndpointerConfig()),
+        ScriptedRecognizer(),
+        clock,
+        ListenerConfig(preroll_ms=0, turn_end=TurnEndConfig(complete_ms=240, incomplete_ms=900)),
+        transcriber=whisper,
+        reply_unheard=lambda: unheard,
+    )
+    events: list[tuple[int, TurnEvent]] = []
+    for i, frame in enumerate(frames_of(pattern, t0=clock.now())):
+        feeding = asyncio.get_running_loop().create_task(listener.feed(frame))
+        while not feeding.done():
+            await clock.advance(0.005)
+        events += [(i, e) for e in feeding.result()]
+        await clock.advance(0.02 - (clock.now() - frame.t) % 0.02)
+    return events, whisper
+
+
+# "Can you remind me? … to call mom": complete-sounding at the pause (ends after 240 ms of
+# silence, frame 31), then speech again at frame 40, before the reply was heard.
+CONTINUED = "x" * 20 + "." * 20 + "x" * 12 + "." * 40
+
+
+async def test_speech_before_the_reply_is_heard_continues_the_turn() -> None:
+    texts = {24: "Can you remind me?", 56: "Can you remind me to call mom?"}
+    events, whisper = await run_continuation(CONTINUED, texts, unheard=True)
+    finals = only(events, Final)
+    starts = only(events, SpeechStarted)
+    assert [s.continues_turn for _, s in starts] == [False, True]
+    # The second pass hears the whole turn without a gap: frames 4 (pre-roll) to 59 (the
+    # second pause), the first part, the silence and the new speech.
+    assert whisper.calls == [24, 56]
+    assert [f.text for _, f in finals] == ["Can you remind me?", "Can you remind me to call mom?"]
+    first, second = finals[0][1].metrics, finals[1][1].metrics
+    assert second.speech_start == first.speech_start, "the continued turn began with the first"
+
+
+async def test_speech_after_the_reply_was_heard_is_a_new_turn() -> None:
+    texts = {24: "Can you remind me?", 16: "To call mom."}
+    events, whisper = await run_continuation(CONTINUED, texts, unheard=False)
+    assert [s.continues_turn for _, s in only(events, SpeechStarted)] == [False, False]
+    assert whisper.calls == [24, 16], "only the new speech (and the onset pre-roll frame)"

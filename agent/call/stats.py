@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 from agent.metrics import STAGES, percentile
 
+HEARING = ("asr_queue_wait_ms", "asr_pass_ms", "eou_silence_ms")
+
 
 class ServerStats:
     """Server-wide counters and recent per-turn stage times, in Prometheus text format.
@@ -21,12 +23,16 @@ class ServerStats:
         self.link_frames: dict[str, int] = {"delivered": 0, "fec_recovered": 0, "concealed": 0}
         self.link_packets: dict[str, int] = {"received": 0, "lost": 0, "late": 0}
         self._stages: dict[str, collections.deque[float]] = {
-            stage: collections.deque(maxlen=window) for stage in STAGES
+            stage: collections.deque(maxlen=window) for stage in (*STAGES, *HEARING)
         }
+        self.final_passes = 0
+        self.final_passes_wasted = 0
 
     def record_turn(self, metrics: Mapping[str, object], interrupted: bool, over: int) -> None:
         self.turns[interrupted] += 1
         self.over_budget += over
+        self.final_passes += _count(metrics.get("final_passes"))
+        self.final_passes_wasted += _count(metrics.get("final_passes_wasted"))
         for stage, values in self._stages.items():
             value = metrics.get(stage)
             if isinstance(value, float):
@@ -59,7 +65,8 @@ class ServerStats:
             "# HELP ringback_turn_stage_ms Stage time after the end of the user's speech.",
             "# TYPE ringback_turn_stage_ms summary",
         ]
-        for stage, values in self._stages.items():
+        for stage in STAGES:
+            values = self._stages[stage]
             for q in (50, 90, 99):
                 value = percentile(values, q)
                 shown = "NaN" if value is None else f"{value:.1f}"
@@ -68,6 +75,24 @@ class ServerStats:
                 )
             lines.append(f'ringback_turn_stage_ms_count{{stage="{stage}"}} {len(values)}')
         lines += [
+            "# HELP ringback_hearing_ms The accurate ASR pass (queue wait, compute) and the "
+            "silence that ended each turn.",
+            "# TYPE ringback_hearing_ms summary",
+        ]
+        for name in HEARING:
+            values = self._stages[name]
+            for q in (50, 90, 99):
+                value = percentile(values, q)
+                shown = "NaN" if value is None else f"{value:.1f}"
+                lines.append(f'ringback_hearing_ms{{name="{name}",quantile="{q / 100}"}} {shown}')
+            lines.append(f'ringback_hearing_ms_count{{name="{name}"}} {len(values)}')
+        lines += [
+            "# HELP ringback_final_passes_total Accurate ASR passes, by whether their words "
+            "were used (wasted: the user went on speaking).",
+            "# TYPE ringback_final_passes_total counter",
+            f'ringback_final_passes_total{{wasted="false"}} '
+            f"{self.final_passes - self.final_passes_wasted}",
+            f'ringback_final_passes_total{{wasted="true"}} {self.final_passes_wasted}',
             "# HELP ringback_link_frames_total Received 20 ms frames of finished calls, by origin.",
             "# TYPE ringback_link_frames_total counter",
             *(f'ringback_link_frames_total{{kind="{k}"}} {v}' for k, v in self.link_frames.items()),

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -57,6 +57,7 @@ class Frame(Protocol):
 @dataclass(frozen=True)
 class SpeechStarted:
     metrics: TurnMetrics
+    continues_turn: bool = False  # the user went on with the turn that just ended
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class ListenerConfig:
     preroll_ms: int = 300  # audio before the detected onset that the recognizer still gets
     partial_interval_ms: int = 200
     max_utterance_s: float = 30.0  # the accurate pass sees at most the last this many seconds
+    continue_window_ms: int = 2000  # speech this soon after a turn ended may continue it
     turn_end: TurnEndConfig = field(default_factory=TurnEndConfig)
 
     def __post_init__(self) -> None:
@@ -113,6 +115,7 @@ class Listener:
         config: ListenerConfig,
         recognizer_ready: Awaitable[None] | None = None,
         transcriber: Transcriber | None = None,
+        reply_unheard: Callable[[], bool] = lambda: False,
     ) -> None:
         self._vad = vad
         self._endpointer = endpointer
@@ -121,6 +124,9 @@ class Listener:
         self._config = config
         self._ready = recognizer_ready
         self._transcriber = transcriber
+        self._reply_unheard = reply_unheard
+        self._continuable = False  # the last turn ended and may still be continued
+        self._ended_at = 0.0
         frame_ms = endpointer.config.frame_ms
         self._preroll: collections.deque[Pcm16] = collections.deque(
             maxlen=max(1, config.preroll_ms // frame_ms)
@@ -155,6 +161,8 @@ class Listener:
         if event is None:
             if not ep.in_speech:
                 self._preroll.append(frame.pcm16)
+                if self._continuable:
+                    self._utterance.append(frame.pcm16)  # the gap, if the turn goes on
                 return out
             await self._push(frame.pcm16)
             partial = await self._partial(frame.t)
@@ -178,12 +186,15 @@ class Listener:
             await self._drop_pass(wasted=True)
             return [*out, Resumed()]
         assert kind == EndpointKind.END_OF_TURN and event.speech_end is not None
+        self._utterance.append(frame.pcm16)  # keeps the audio gapless if the turn goes on
         m = self._metrics
         m.mark("speech_end", event.speech_end)
         m.mark("endpoint", frame.t)
         m.eou_silence_ms = round((frame.t + ep.config.frame_ms / 1000 - event.speech_end) * 1000)
         final = await self._final()
         m.mark("asr_complete", self._clock.now())
+        self._continuable = self._transcriber is not None
+        self._ended_at = frame.t
         return [*out, Final(final, m)]
 
     async def _push(self, pcm: Pcm16) -> None:
@@ -192,21 +203,37 @@ class Listener:
 
     async def _start(self, frame: Frame, speech_start: float) -> SpeechStarted:
         await self._drop_pass(wasted=False)
+        continues = (
+            self._continuable
+            and self._reply_unheard()
+            and frame.t - self._ended_at <= self._config.continue_window_ms / 1000
+        )
+        self._continuable = False
+        previous = self._metrics
         self._turn += 1
         m = self._metrics = TurnMetrics(turn=self._turn)
         m.mark("audio_chunk_received", frame.t)
         m.mark("speech_start", speech_start)
+        if continues and previous.speech_start is not None:
+            m.mark("speech_start", previous.speech_start, overwrite=True)
         m.mark("asr_started", self._clock.now())
         self._last_partial, self._last_partial_t = "", frame.t
         if self._ready is not None:
             await self._ready  # normally long done; raises if the recognizer failed to open
         await self._rec.start()
-        self._utterance.clear()
-        for pcm in self._preroll:
-            await self._push(pcm)
+        if continues:
+            # The utterance already holds the gap, pre-roll included: the recognizer gets
+            # the pre-roll for its captions, the accurate pass everything since the start.
+            for pcm in self._preroll:
+                await self._rec.push(pcm)
+        else:
+            self._utterance.clear()
+            for pcm in self._preroll:
+                self._utterance.append(pcm)
+                await self._rec.push(pcm)
         self._preroll.clear()
         await self._push(frame.pcm16)
-        return SpeechStarted(m)
+        return SpeechStarted(m, continues_turn=continues)
 
     async def _partial(self, t: float) -> Partial | None:
         if t - self._last_partial_t < self._config.partial_interval_ms / 1000:

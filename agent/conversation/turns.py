@@ -287,17 +287,28 @@ class TurnManager:
         self.config = config or TurnConfig()
         self.state = State.LISTENING
         self.turns_completed = 0
+        self.retracted = 0  # replies taken back because the user went on (on_speech_start)
         self._speculative: Reply | None = None
         self._active: Reply | None = None
         self._watchers: set[asyncio.Task[None]] = set()
 
     # --- endpointer / ASR events -------------------------------------------------------
 
-    async def on_speech_start(self) -> None:
+    async def on_speech_start(self, continues_turn: bool = False) -> None:
+        """The user started speaking. `continues_turn`: they went on with the turn that just
+        ended (the listener merged the audio): a reply they have not heard yet is taken back
+        silently, as if the turn had never ended; one already playing is a barge-in."""
         await self._discard_speculative()
-        if self._active is not None:
-            await self._barge_in(self._active)
+        active = self._active
+        if active is not None and continues_turn and self.reply_unheard():
+            await self._retract(active)
+        elif active is not None:
+            await self._barge_in(active)
         self._set_state(State.PROCESSING_SPEECH)
+
+    def reply_unheard(self) -> bool:
+        """A reply is under way and none of its audio has been played yet."""
+        return self._active is not None and self._active.metrics.first_audio_out is None
 
     async def on_pause(self, hypothesis: str, metrics: TurnMetrics) -> None:
         if not self.config.speculative or not normalize(hypothesis):
@@ -367,6 +378,19 @@ class TurnManager:
             self._active = None
             self._finish(reply, reply.heard_text(self.sink), interrupted=False)
             self._set_state(State.LISTENING)
+
+    async def _retract(self, reply: Reply) -> None:
+        """The turn had not really ended: cancel the reply; nothing was heard, nothing is
+        kept, and the user's words come back in the continued turn's final."""
+        reply.stop()
+        self.sink.clear()
+        self._active = None
+        await _cancel(reply)
+        for unit in reply.units:
+            self.sink.forget(unit.mark)
+        self.retracted += 1
+        self.emit({"type": "retracted", "turn": reply.metrics.turn})
+        log.info("reply %d taken back: the user went on with %r", reply.id, reply.user_text[-60:])
 
     async def _barge_in(self, reply: Reply) -> None:
         reply.stop()
