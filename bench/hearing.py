@@ -16,6 +16,8 @@ settled from the one before. Per variant × condition it reports:
   after the pause; a turn ended early and taken back unheard is not one), out of the pause
   items heard at all; and "early": any item the agent answered out loud before the user had
   finished (a plain sentence can be cut at a comma, too);
+- the clean items once more from a caller whose uplink loses 5 % of its packets in short
+  bursts, with 30 ms of jitter (condition `clean+loss5`);
 - from the server's per-turn metrics, when present: `asr_queue_wait_ms` (p50),
   `final_passes` and `final_passes_wasted` (totals).
 """
@@ -36,6 +38,7 @@ from typing import Any
 from agent.metrics import summarize
 from harness import evalset
 from harness.evalset import EvalItem
+from harness.impair import Impairment
 from harness.peer import Caller, TurnResult
 from harness.server import ROOT, run_server
 from harness.speech import synthesizer
@@ -49,6 +52,10 @@ DEFAULT_VARIANTS = [
     "hybrid-silence=--turn-end silence",
     "pocketsphinx=--asr pocketsphinx --speech-detector webrtcvad --turn-end silence",
 ]
+# The uplink impairment of the lossy condition (harness/impair.py): 5 % loss in bursts of
+# about two packets, plus 30 ms of jitter, seeded.
+LOSS = "burst=2.6:50,jitter=30,seed=7"
+LOSS_CONDITION = "clean+loss5"
 SERVER_KEYS = ("asr_queue_wait_ms", "final_passes", "final_passes_wasted")
 TURN_TIMEOUT_S = 20.0  # per item, after the whole recording was sent
 GAP_S = 1.0  # quiet between items, after the agent has settled
@@ -59,8 +66,10 @@ async def build_items(seed: int, size: evalset.Size) -> list[EvalItem]:
         return await evalset.build(seed, size, pool)
 
 
-async def run_variant(url: str, items: list[EvalItem]) -> list[TurnResult]:
-    caller = Caller(url)
+async def run_variant(
+    url: str, items: list[EvalItem], impairment: Impairment | None = None
+) -> list[TurnResult]:
+    caller = Caller(url, impairment=impairment)
     results = []
     try:
         await caller.connect()
@@ -236,7 +245,12 @@ def main() -> int:
         print(f"variant {name}: serve {serve_args or '(defaults)'}", flush=True)
         with run_server(args.json.parent, *shlex.split(serve_args), port=args.port) as server:
             results = asyncio.run(run_variant(server.url, items))
+            # The clean items again, from a caller whose uplink loses packets.
+            clean = [i for i in items if i.condition == "clean"]
+            lossy = asyncio.run(run_variant(server.url, clean, Impairment.parse(LOSS)))
         rows = [item_row(item, r) for item, r in zip(items, results, strict=True)]
+        for item, r in zip(clean, lossy, strict=True):
+            rows.append({**item_row(item, r), "condition": LOSS_CONDITION})
         out["variants"][name] = {
             "serve_args": serve_args,
             "rows": rows,
