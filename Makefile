@@ -26,6 +26,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.audio_path
 	$(VENV)/bin/python -m bench.conversation
+	$(VENV)/bin/python -m bench.whisper_settings
+	$(VENV)/bin/python -m bench.hearing
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

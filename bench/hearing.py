@@ -256,8 +256,9 @@ def main() -> int:
             "rows": rows,
             "summary": summaries(rows),
         }
-    out["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
-    args.json.write_text(json.dumps(out, indent=2))
+        out["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+        args.json.write_text(json.dumps(out, indent=2))  # after each variant: a long run keeps
+        print_table({name: out["variants"][name]})  # what it measured if stopped early
     print_table(out["variants"])
     print(
         "(WER of every final heard vs the reference; v2v ms from the end of the speech; "
