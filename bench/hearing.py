@@ -157,6 +157,12 @@ def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if isinstance(r["server"].get("asr_queue_wait_ms"), int | float)
     ]
     out["asr_queue_wait_ms_p50"] = statistics.median(waits) if waits else None
+    silences = [
+        float(r["server"]["eou_silence_ms"])
+        for r in rows
+        if isinstance(r["server"].get("eou_silence_ms"), int | float)
+    ]
+    out["eou_silence_ms_mean"] = statistics.fmean(silences) if silences else None
     for key in ("final_passes", "final_passes_wasted"):
         values = [r["server"][key] for r in rows if isinstance(r["server"].get(key), int | float)]
         out[key] = sum(values) if values else None
@@ -167,10 +173,22 @@ def summaries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(group_of(row), []).append(row)
-    order = [*evalset.CONDITIONS, *(f"{c} pause" for c in evalset.CONDITIONS)]
+    conditions = [*evalset.CONDITIONS, LOSS_CONDITION]
+    order = [*conditions, *(f"{c} pause" for c in conditions)]
     out = {g: summarize_rows(groups[g]) for g in sorted(groups, key=order.index)}
     out["all"] = summarize_rows(rows)
     return out
+
+
+def pooled(paths: list[Path]) -> dict[str, Any]:
+    """Earlier runs (e.g. several seeds), their rows pooled per variant and summarized again."""
+    variants: dict[str, Any] = {}
+    for path in paths:
+        for name, data in json.loads(path.read_text())["variants"].items():
+            variants.setdefault(name, {"rows": []})["rows"].extend(data["rows"])
+    for data in variants.values():
+        data["summary"] = summaries(data["rows"])
+    return variants
 
 
 def print_table(variants: dict[str, Any]) -> None:
@@ -179,7 +197,8 @@ def print_table(variants: dict[str, Any]) -> None:
 
     print(
         f"\n{'variant':<12} {'condition':<16} {'n':>3} {'WER':>5} {'v2v p50':>8} {'p90':>6} "
-        f"{'p99':>6} {'answered':>8} {'cut-offs':>8} {'early':>5} {'qwait p50':>9} {'passes':>6} {'wasted':>6}"
+        f"{'p99':>6} {'answered':>8} {'cut-offs':>8} {'early':>5} {'wait':>5} {'qwait p50':>9} "
+        f"{'passes':>6} {'wasted':>6}"
     )
     for name, data in variants.items():
         for group, s in data["summary"].items():
@@ -192,7 +211,7 @@ def print_table(variants: dict[str, Any]) -> None:
                 f"{name:<12} {group:<16} {s['items']:>3} {fmt(s['wer'], 2):>5} "
                 f"{fmt(s['v2v_ms_p50']):>8} {fmt(s['v2v_ms_p90']):>6} {fmt(s['v2v_ms_p99']):>6} "
                 f"{s['answered']:>4}/{s['items']:<3} {cuts:>8} {s['split_turns']:>5} "
-                f"{fmt(s['asr_queue_wait_ms_p50']):>9} {fmt(s['final_passes']):>6} "
+                f"{fmt(s.get('eou_silence_ms_mean')):>5} {fmt(s['asr_queue_wait_ms_p50']):>9} {fmt(s['final_passes']):>6} "
                 f"{fmt(s['final_passes_wasted']):>6}"
             )
 
@@ -209,7 +228,17 @@ def main() -> int:
         help=f"NAME=SERVE_ARGS (repeatable); default: {' '.join(DEFAULT_VARIANTS)}",
     )
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "hearing.json")
+    p.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="only print the table of earlier runs' JSON (several: their rows pooled per variant)",
+    )
     args = p.parse_args()
+    if args.report:
+        print_table(pooled(args.report))
+        return 0
     size: evalset.Size = "quick" if args.quick else "full"
     variants = args.variant or DEFAULT_VARIANTS
 
@@ -263,7 +292,7 @@ def main() -> int:
     print(
         "(WER of every final heard vs the reference; v2v ms from the end of the speech; "
         "cut-offs: pause items cut at the pause / heard; early: items answered out loud before "
-        "the user finished; "
+        "the user finished; wait: mean silence that ended the turn, ms; "
         f"server: ASR queue wait p50, final passes, wasted; JSON: {args.json})"
     )
     return 0

@@ -35,6 +35,19 @@ _CONTRACTIONS = {
     "cannot": "can not",
     "don't": "do not",
     "i'll": "i will",
+    "i'd": "i would",
+    "you'd": "you would",
+    "we'd": "we would",
+    "i've": "i have",
+    "we're": "we are",
+    "they're": "they are",
+    "isn't": "is not",
+    "doesn't": "does not",
+    "won't": "will not",
+    "there's": "there is",
+    "where's": "where is",
+    "when's": "when is",
+    "how's": "how is",
 }
 
 

@@ -261,12 +261,25 @@ async def test_resume_while_the_pass_runs_cancels_it() -> None:
     assert (final.metrics.final_passes, final.metrics.final_passes_wasted) == (2, 1)
 
 
-async def test_a_slow_pass_is_awaited_at_the_end_of_turn() -> None:
+async def test_the_turn_is_held_open_until_the_pass_is_back() -> None:
+    """A slow pass (500 ms, from the pause at 160 ms): the default 400 ms of silence must not
+    end the turn before its words are read; "Hello there." (two words) then ends it at once."""
     events, _, _ = await run_hybrid(
-        "x" * 20 + "." * 40, lambda c: ScriptedTranscriber(c, "Hello there.", delay_s=0.5)
+        "x" * 20 + "." * 60, lambda c: ScriptedTranscriber(c, "Hello there.", delay_s=0.5)
+    )
+    (i_pause, paused), = only(events, Paused)
+    (i_final, final), = only(events, Final)
+    assert final.text == paused.hypothesis == "Hello there."
+    assert i_final == i_pause == 20 + 33 - 1
+    assert final.metrics.eou_silence_ms == 660 and final.metrics.completeness == "unknown"
+
+
+async def test_a_pass_slower_than_the_longest_wait_is_awaited_at_the_end_of_turn() -> None:
+    events, _, _ = await run_hybrid(
+        "x" * 20 + "." * 70, lambda c: ScriptedTranscriber(c, "Hello there.", delay_s=1.2)
     )
     (_, final), = only(events, Final)
-    assert final.text == "Hello there." and final.metrics.eou_silence_ms == 400
+    assert final.text == "Hello there." and final.metrics.eou_silence_ms == 900
     assert not only(events, Paused), "no hypothesis before the final: nothing to speculate on"
 
 
@@ -290,7 +303,7 @@ async def run_continuation(
         clock,
         ListenerConfig(preroll_ms=0, turn_end=TurnEndConfig(complete_ms=240, incomplete_ms=900)),
         transcriber=whisper,
-        reply_unheard=lambda: unheard,
+        may_continue=lambda: unheard,
     )
     events: list[tuple[int, TurnEvent]] = []
     for i, frame in enumerate(frames_of(pattern, t0=clock.now())):

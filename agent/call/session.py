@@ -103,7 +103,7 @@ class Session:
             cfg.listener,
             recognizer_ready=opening,
             transcriber=self.engines.transcriber,
-            reply_unheard=self.turns.reply_unheard,
+            may_continue=self.turns.may_continue,
         )
         frames = inbound_frames(track, self.clock, cfg.jitter, on_stats=self._on_link)
         try:

@@ -9,7 +9,7 @@ With an accurate `Transcriber` (hybrid recognition), the streaming recognizer on
 live captions. At the first pause after speech the accurate pass starts on the utterance so
 far, off the event loop; when it is back, its text is the hypothesis a reply may start from
 (`Paused`), and how complete its words sound sets the silence that ends the turn
-(completeness.py). If the user goes on, the pass is discarded and a new one runs at the next
+(completeness.py); until it is back, the turn is held open as if the words were unfinished. If the user goes on, the pass is discarded and a new one runs at the next
 pause over the longer utterance. At the end of turn the last pass is adopted (awaited if
 still running); if it failed, the streaming recognizer's final is used.
 
@@ -92,7 +92,7 @@ TurnEvent = SpeechStarted | Partial | Paused | Resumed | NoiseOnly | Final
 
 @dataclass(frozen=True)
 class ListenerConfig:
-    preroll_ms: int = 300  # audio before the detected onset that the recognizer still gets
+    preroll_ms: int = 500  # audio before the detected onset that the recognizers still get
     partial_interval_ms: int = 200
     max_utterance_s: float = 30.0  # the accurate pass sees at most the last this many seconds
     continue_window_ms: int = 2000  # speech this soon after a turn ended may continue it
@@ -115,7 +115,7 @@ class Listener:
         config: ListenerConfig,
         recognizer_ready: Awaitable[None] | None = None,
         transcriber: Transcriber | None = None,
-        reply_unheard: Callable[[], bool] = lambda: False,
+        may_continue: Callable[[], bool] = lambda: False,
     ) -> None:
         self._vad = vad
         self._endpointer = endpointer
@@ -124,7 +124,7 @@ class Listener:
         self._config = config
         self._ready = recognizer_ready
         self._transcriber = transcriber
-        self._reply_unheard = reply_unheard
+        self._may_continue = may_continue
         self._continuable = False  # the last turn ended and may still be continued
         self._ended_at = 0.0
         frame_ms = endpointer.config.frame_ms
@@ -180,6 +180,11 @@ class Listener:
             if self._transcriber is None:
                 return [*out, Paused(await rec.partial(), self._metrics)]
             self._start_pass()
+            # Until the pass is back, hold the turn open as long as unfinished words would:
+            # ending it on the default silence first would make reading them pointless.
+            turn_end = self._config.turn_end
+            if turn_end.read_words:
+                ep.set_eou_silence_ms(max(turn_end.incomplete_ms, ep.config.eou_silence_ms))
             return out
         if kind == EndpointKind.RESUME:
             await self._push(frame.pcm16)
@@ -205,7 +210,7 @@ class Listener:
         await self._drop_pass(wasted=False)
         continues = (
             self._continuable
-            and self._reply_unheard()
+            and self._may_continue()
             and frame.t - self._ended_at <= self._config.continue_window_ms / 1000
         )
         self._continuable = False
@@ -264,10 +269,11 @@ class Listener:
         if task is None or self._pass_reported or not task.done():
             return None
         self._pass_reported = True
+        default_ms = self._endpointer.config.eou_silence_ms
         if task.cancelled() or task.exception() is not None:
+            self._endpointer.set_eou_silence_ms(default_ms)  # no words to read
             return None
         text = task.result().text
-        default_ms = self._endpointer.config.eou_silence_ms
         self._endpointer.set_eou_silence_ms(self._config.turn_end.silence_ms(text, default_ms))
         self._metrics.completeness = str(completeness(text))
         return Paused(text, self._metrics)

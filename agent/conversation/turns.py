@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from agent.audio import Pcm16
+from agent.audio import OUT_RATE_HZ, Pcm16
 from agent.clock import Clock
 from agent.conversation.chunker import Chunker, ChunkerConfig
 from agent.conversation.history import Conversation
@@ -77,6 +77,7 @@ class TurnConfig:
     llm_first_token_timeout_s: float = 8.0
     llm_token_timeout_s: float = 5.0
     max_pending_audio_s: float = 10.0
+    continue_heard_s: float = 1.0  # see TurnManager.may_continue
     budgets_ms: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_BUDGETS_MS))
     chunker: ChunkerConfig = field(default_factory=ChunkerConfig)
 
@@ -309,6 +310,15 @@ class TurnManager:
     def reply_unheard(self) -> bool:
         """A reply is under way and none of its audio has been played yet."""
         return self._active is not None and self._active.metrics.first_audio_out is None
+
+    def may_continue(self) -> bool:
+        """A reply is under way and the user has heard at most `continue_heard_s` of it: new
+        speech now is more likely the rest of their turn than an answer to the reply."""
+        reply = self._active
+        if reply is None:
+            return False
+        played = sum(self.sink.played_samples(u.mark) for u in reply.units)
+        return played < self.config.continue_heard_s * OUT_RATE_HZ
 
     async def on_pause(self, hypothesis: str, metrics: TurnMetrics) -> None:
         if not self.config.speculative or not normalize(hypothesis):

@@ -43,6 +43,7 @@ N_FFT = 400
 HOP = 160
 N_MELS = 80
 FULL_FRAMES = 3_000  # 30 s: the window Whisper was trained on
+LOGPROB_THRESHOLD = -1.0  # Whisper's own: below it a transcript is unsure
 
 F32 = npt.NDArray[np.float32]
 
@@ -146,7 +147,7 @@ class WhisperFinal:
         tokens_per_s: float = 6.0,
         token_margin: int = 10,
         no_repeat_ngram_size: int = 3,
-        no_speech_threshold: float | None = 0.5,
+        no_speech_threshold: float | None = 0.6,
     ) -> None:
         self._model: Any = ctranslate2.models.Whisper(
             str(model_dir),
@@ -256,16 +257,21 @@ class WhisperFinal:
         ids = [int(i) for i in result.sequences_ids[0]]
         raw = str(self._tok.decode([i for i in ids if i < self.eot])).strip()
         no_speech = float(result.no_speech_prob)
-        rejected = not any(ch.isalnum() for ch in raw) or (
-            self.no_speech_threshold is not None and no_speech > self.no_speech_threshold
-        )
         # With length_penalty=1, the score is cum_logprob / n_tokens.
         cum = float(result.scores[0]) * max(len(ids), 1)
+        avg_logprob = cum / (len(ids) + 1)
+        # As Whisper itself decides "no speech": likely silence AND an unsure transcript.
+        # P(no speech) alone rejected real words now and then (measured up to 0.6 on them).
+        rejected = not any(ch.isalnum() for ch in raw) or (
+            self.no_speech_threshold is not None
+            and no_speech > self.no_speech_threshold
+            and avg_logprob < LOGPROB_THRESHOLD
+        )
         return Transcript(
             text="" if rejected else raw,
             raw_text=raw,
             no_speech_prob=no_speech,
-            avg_logprob=cum / (len(ids) + 1),
+            avg_logprob=avg_logprob,
             n_tokens=len(ids),
             hit_max_length=len(self._prompt) + len(ids) >= max_length,
             audio_s=audio_s,

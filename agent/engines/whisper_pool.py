@@ -33,7 +33,7 @@ class WhisperConfig:
     cpu_threads: int = 1  # CTranslate2 threads per pass
     window_s: float = 10.0  # minimum encoder window (shorter windows make tiny.en loop)
     max_queue: int = 32
-    no_speech_threshold: float = 0.5  # '' when whisper thinks there was no speech
+    no_speech_threshold: float = 0.6  # '' when whisper thinks there was no speech
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.cpu_threads < 1 or self.max_queue < 1:
