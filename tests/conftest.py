@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,3 +37,17 @@ def speech() -> dict[str, object]:
             return {text: await synthesize(pool, text) for text in SENTENCES}
 
     return asyncio.run(make())
+
+
+def run_quick_bench(module: str, tmp_path: Path, timeout_s: float = 120) -> tuple[Any, str]:
+    """`python -m bench.<module> --quick` as a user runs it: (its JSON, its printed table)."""
+    out = tmp_path / f"{module}.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(out.read_text()), proc.stdout

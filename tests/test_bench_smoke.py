@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import run_quick_bench
 
 pytestmark = pytest.mark.e2e
 
 
 def test_audio_path_quick(tmp_path: Path) -> None:
-    out = tmp_path / "audio_path.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.audio_path", "--quick", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data, table = run_quick_bench("audio_path", tmp_path)
     rows: dict[tuple[str, str], dict[str, Any]] = {
-        (r["profile"], r["path"]): r for r in json.loads(out.read_text())
+        (r["profile"], r["path"]): r for r in data
     }
-    table = proc.stdout
     for profile in ("clean", "loss 5%"):
         for path in ("ringback", "aiortc"):
             r = rows.get((profile, path))

@@ -8,31 +8,18 @@ and the 10 s and 30 s windows on none; its WER was 1.8× the 10 s window's or mo
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import run_quick_bench
 
 pytestmark = pytest.mark.e2e
 
 
 def test_whisper_settings_quick(tmp_path: Path) -> None:
-    out = tmp_path / "whisper_settings.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.whisper_settings", "--quick", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads(out.read_text())
-    table = proc.stdout
+    result, table = run_quick_bench("whisper_settings", tmp_path)
     assert result["seed"] == 1 and len(result["items"]) == 7, table
     rows: dict[str, dict[str, Any]] = {r["name"]: r for r in result["settings"]}
     assert len(rows) == 5, table
