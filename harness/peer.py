@@ -248,20 +248,7 @@ class Caller:
             ),
             None,
         )
-        onset = self.first_loud_after(t_end)
-        t_stop = self.clock.now()
-        return TurnResult(
-            label=label,
-            heard=final if turn is None else turn.data.get("heard", final),
-            reply=None if turn is None else turn.data.get("reply"),
-            v2v_ms=None if onset is None or turn is None else round((onset - t_end) * 1000, 1),
-            interrupted=bool(turn and turn.data.get("interrupted")),
-            server={} if turn is None else dict(turn.data.get("metrics", {})),
-            link=self.last_event("link"),
-            t_speech_end=t_end,
-            finals=self._finals(t_start),
-            reply_pcm=self.audio_between(t_end, t_stop),
-        )
+        return self._result(label, turn, final, t_end, t_end, self._finals(t_start))
 
     async def _say_recording(
         self, label: str, pcm: Pcm16, timeout_s: float, speech_end_s: float
@@ -305,12 +292,28 @@ class Caller:
         if turn is None and turns:
             turn = turns[-1]
         final = finals[-1].data["text"] if finals else None
-        onset = self.first_loud_after(heard_from)
-        t_stop = self.clock.now()
         # The agent answered part of the utterance out loud while the user was still on it.
         early = [e for e in finals if e.t < t_end]
         spoke = self.first_loud_after(early[0].t) if early else None
-        talked_over = spoke is not None and spoke < t_end
+        result = self._result(
+            label, turn, final, t_end, heard_from, [str(e.data["text"]) for e in finals]
+        )
+        result.talked_over = spoke is not None and spoke < t_end
+        return result
+
+    def _result(
+        self,
+        label: str,
+        turn: Event | None,
+        final: str | None,
+        t_end: float,
+        reply_after: float,
+        finals: list[str],
+    ) -> TurnResult:
+        """What a turn came to: latency from `t_end` to the first reply sound after
+        `reply_after`, and the agent's own account of the turn (if it reported one)."""
+        onset = self.first_loud_after(reply_after)
+        t_stop = self.clock.now()
         return TurnResult(
             label=label,
             heard=final if turn is None else turn.data.get("heard", final),
@@ -320,8 +323,7 @@ class Caller:
             server={} if turn is None else dict(turn.data.get("metrics", {})),
             link=self.last_event("link"),
             t_speech_end=t_end,
-            finals=[str(e.data["text"]) for e in finals],
-            talked_over=talked_over,
+            finals=finals,
             reply_pcm=self.audio_between(t_end, t_stop),
         )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from agent.metrics import STAGES, percentile
 
@@ -66,26 +66,14 @@ class ServerStats:
             "# TYPE ringback_turn_stage_ms summary",
         ]
         for stage in STAGES:
-            values = self._stages[stage]
-            for q in (50, 90, 99):
-                value = percentile(values, q)
-                shown = "NaN" if value is None else f"{value:.1f}"
-                lines.append(
-                    f'ringback_turn_stage_ms{{stage="{stage}",quantile="{q / 100}"}} {shown}'
-                )
-            lines.append(f'ringback_turn_stage_ms_count{{stage="{stage}"}} {len(values)}')
+            lines += _summary("ringback_turn_stage_ms", "stage", stage, self._stages[stage])
         lines += [
             "# HELP ringback_hearing_ms The accurate ASR pass (queue wait, compute) and the "
             "silence that ended each turn.",
             "# TYPE ringback_hearing_ms summary",
         ]
         for name in HEARING:
-            values = self._stages[name]
-            for q in (50, 90, 99):
-                value = percentile(values, q)
-                shown = "NaN" if value is None else f"{value:.1f}"
-                lines.append(f'ringback_hearing_ms{{name="{name}",quantile="{q / 100}"}} {shown}')
-            lines.append(f'ringback_hearing_ms_count{{name="{name}"}} {len(values)}')
+            lines += _summary("ringback_hearing_ms", "name", name, self._stages[name])
         lines += [
             "# HELP ringback_final_passes_total Accurate ASR passes, by whether their words "
             "were used (wasted: the user went on speaking).",
@@ -104,6 +92,17 @@ class ServerStats:
             ),
         ]
         return "\n".join(lines) + "\n"
+
+
+def _summary(metric: str, label: str, key: str, values: Collection[float]) -> list[str]:
+    """A Prometheus summary's lines for one label value: p50/p90/p99 and the count."""
+    lines = []
+    for q in (50, 90, 99):
+        value = percentile(values, q)
+        shown = "NaN" if value is None else f"{value:.1f}"
+        lines.append(f'{metric}{{{label}="{key}",quantile="{q / 100}"}} {shown}')
+    lines.append(f'{metric}_count{{{label}="{key}"}} {len(values)}')
+    return lines
 
 
 def _count(value: object) -> int:
