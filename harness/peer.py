@@ -34,6 +34,7 @@ from harness.impair import ImpairedLink, Impairment, impair_sender
 log = logging.getLogger(__name__)
 
 LOUD = int(32768 * 10 ** (-40 / 20))  # -40 dBFS sample threshold
+READY_TIMEOUT_S = 10.0  # the agent's greeting has a 10 s cap of its own
 
 
 def first_speech_offset(pcm: Pcm16) -> int:
@@ -88,6 +89,7 @@ class Caller:
         self.mic = OutboundAudioTrack(self.clock, max_ahead_ms=200, on_mark_started=self._started)
         self.events: list[Event] = []
         self.session_id: str | None = None
+        self.session_secret = ""  # acting on the call (hang-up, resume) needs it
         self._frames: list[tuple[float, Pcm16]] = []  # (arrival, 48 kHz mono)
         self._mark_start: dict[object, float] = {}
         self._event_signal = asyncio.Event()
@@ -104,7 +106,11 @@ class Caller:
         self._mark_signal.set()
         self._mark_signal = asyncio.Event()
 
-    async def connect(self, timeout_s: float = 20.0) -> None:
+    async def connect(
+        self, timeout_s: float = 20.0, resume: tuple[str, str] | None = None
+    ) -> None:
+        """Place the call. `resume`: (session id, secret) of a dropped call to continue."""
+        t_start = self.clock.now()
         self.pc.addTransceiver(self.mic, direction="sendrecv")
         channel = self.pc.createDataChannel("events")
 
@@ -132,7 +138,12 @@ class Caller:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         if self.impairment is not None and self.impairment.active:
             self.impaired = impair_sender(self.pc, self.impairment)
-        offer = {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
+        offer: dict[str, object] = {
+            "sdp": self.pc.localDescription.sdp,
+            "type": self.pc.localDescription.type,
+        }
+        if resume is not None:
+            offer["resume"] = {"session_id": resume[0], "session_secret": resume[1]}
         async with (
             aiohttp.ClientSession() as http,
             http.post(
@@ -143,9 +154,15 @@ class Caller:
             if resp.status != 200:
                 raise RuntimeError(f"offer rejected: {resp.status} {body.get('error')}")
         self.session_id = body["session_id"]
+        self.session_secret = body.get("session_secret", "")
         await self.pc.setRemoteDescription(RTCSessionDescription(body["sdp"], body["type"]))
         async with asyncio.timeout(timeout_s):
             await self._connected.wait()
+        # The agent greets (a chime) and then says `ready`: speaking before that would talk
+        # over the greeting and count it in the voice-to-voice time.
+        ready = await self.wait_event(lambda d: d.get("type") == "ready", t_start, READY_TIMEOUT_S)
+        if ready is None:
+            log.warning("no `ready` event from the agent within %.0f s", READY_TIMEOUT_S)
 
     async def _record(self, track: MediaStreamTrack) -> None:
         def on_stats(stats: LinkStats) -> None:
@@ -375,6 +392,7 @@ class Caller:
                     aiohttp.ClientSession() as http,
                     http.delete(
                         f"{self.url}/session/{self.session_id}",
+                        headers={"X-Session-Secret": self.session_secret},
                         timeout=aiohttp.ClientTimeout(total=5),
                     ),
                 ):

@@ -39,13 +39,19 @@ class Server:
 
 @contextlib.contextmanager
 def run_server(
-    log_dir: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None
+    log_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    log_transcripts: bool = True,
 ) -> Iterator[Server]:
-    """`ringback serve` on 127.0.0.1 (ICE pinned to loopback); stopped by PID afterwards."""
+    """`ringback serve` on 127.0.0.1 (ICE pinned to loopback); stopped by PID afterwards.
+
+    Tests read what the agent heard from the log, hence `--log-transcripts` by default."""
     port = port or free_port()
     log_path = log_dir / f"server-{port}.log"
     cmd = [sys.executable, "-m", "signaling", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--ice-host", "127.0.0.1", *args]
+    cmd += ["--ice-host", "127.0.0.1", *(["--log-transcripts"] if log_transcripts else []), *args]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up used by the Makefile.
 #   bootstrap.sh python  -> .venv with every pinned Python dependency (server, embedded engines, dev tools)
-#   bootstrap.sh system  -> Debian packages the test tiers need (espeak-ng, Chromium); skipped when present
+#   bootstrap.sh system  -> Debian packages the test tiers need (espeak-ng, Chromium, HAProxy, nftables, iptables); skipped when present
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -27,6 +27,12 @@ python)
         as_root apt-get update -qq
         DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends python3-dev gcc
     fi
+    # NetfilterQueue (netem/'s delay handler) builds from source against libnetfilter_queue.
+    if [ ! -f /usr/include/libnetfilter_queue/libnetfilter_queue.h ]; then
+        echo "bootstrap: installing Debian's libnetfilter-queue-dev"
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends libnetfilter-queue-dev
+    fi
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip
     "$VENV/bin/pip" install --quiet -e '.[tts,dev]'
@@ -37,6 +43,11 @@ system)
     missing=()
     command -v espeak-ng >/dev/null || missing+=(espeak-ng)
     command -v chromium >/dev/null || missing+=(chromium)
+    command -v haproxy >/dev/null || missing+=(haproxy)  # deploy/haproxy.cfg and its test
+    # netem/ (network degradation lab): namespaces, qdiscs, nftables loss, iptables NFQUEUE
+    command -v ip >/dev/null && command -v tc >/dev/null || missing+=(iproute2)
+    command -v nft >/dev/null || missing+=(nftables)
+    command -v iptables >/dev/null || missing+=(iptables)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "bootstrap: installing Debian packages: ${missing[*]}"
         as_root apt-get update -qq

@@ -9,9 +9,13 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
+
+from aiohttp import web
 
 from agent.call.config import ASR_MODES, AgentConfig
 from agent.call.engines import LLM_ENGINES, TTS_ENGINES
@@ -20,6 +24,7 @@ from agent.conversation.endpointer import EndpointerConfig
 from agent.conversation.listener import ListenerConfig
 from agent.conversation.speech_detector import DETECTORS, SpeechDetectorConfig
 from agent.conversation.turns import TurnConfig
+from agent.engines.breaker import BreakerConfig
 from agent.engines.tts_pool import TtsPoolConfig
 from agent.engines.whisper_pool import WhisperConfig
 from agent.media.opus import OpusSendConfig
@@ -28,6 +33,8 @@ from agent.metrics import DEFAULT_BUDGETS_MS, STAGES
 from signaling.config import IceServer, ServerConfig
 
 T = TypeVar("T")
+log = logging.getLogger("signaling")
+IDLE_CONNECTION_S = 10.0  # a connection with no complete request this long is closed
 
 
 def env(name: str, default: T, cast: Callable[[str], T]) -> T:
@@ -62,6 +69,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     w = WhisperConfig()
     sd = SpeechDetectorConfig()
     te = TurnEndConfig()
+    tc = TurnConfig()
+    tp = TtsPoolConfig()
+    bc = BreakerConfig()
 
     def arg(flag: str, default: object, cast: Callable[[str], object], help: str) -> None:
         name = flag.removeprefix("--").replace("-", "_").upper()
@@ -86,6 +96,32 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     arg("--ice-username", "", str, "TURN username")
     arg("--ice-credential", "", str, "TURN credential")
     arg("--ice-host", "", str, "comma-separated addresses advertised as ICE host candidates")
+    arg("--media-timeout-s", d.media_timeout_s, float, "a call receiving no RTP this long ends")
+    arg("--max-pending", d.max_pending, int, "offers still connecting (oldest evicted past it)")
+    arg(
+        "--max-pending-per-client",
+        d.max_pending_per_client,
+        int,
+        "offers still connecting per client IP (429 past it)",
+    )
+    arg("--offers-per-minute", d.offers_per_minute, float, "offers per client IP (429 past it)")
+    arg("--offer-burst", d.offer_burst, int, "offers a client IP may send at once")
+    arg("--trust-forwarded", False, _bool, "client IP from X-Forwarded-For (behind a proxy)")
+    arg(
+        "--auth-tokens",
+        "",
+        str,
+        "comma-separated bearer tokens for /offer, /whip, /sessions, /metrics; empty: open",
+    )
+    arg("--cors-origins", "", str, "comma-separated origins allowed to call the API (CORS)")
+    arg("--resume-grace-s", d.resume_grace_s, float, "a dropped call can be resumed this long")
+    arg(
+        "--shutdown-deadline-s",
+        d.shutdown_deadline_s,
+        float,
+        "SIGTERM: callers are told, calls ended, the process exits within this",
+    )
+    arg("--log-transcripts", False, _bool, "log what callers say at INFO (default: DEBUG only)")
     arg(
         "--llm",
         "local",
@@ -100,6 +136,50 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     arg("--tts-voice", "", str, "piper: path to an .onnx voice; espeak: a voice name")
     arg("--tts-workers", 2, int, "TTS worker processes shared by all calls")
+    arg(
+        "--tts-first-chunk-timeout-s",
+        tp.first_chunk_timeout_s,
+        float,
+        "a TTS worker silent this long on a new request is restarted (request retried)",
+    )
+    arg(
+        "--tts-chunk-timeout-s",
+        tp.chunk_timeout_s,
+        float,
+        "a TTS worker silent this long mid-request is restarted",
+    )
+    arg(
+        "--llm-first-token-timeout-s",
+        tc.llm_first_token_timeout_s,
+        float,
+        "LLM silent this long before its first token: the fallback LLM, else an apology",
+    )
+    arg(
+        "--llm-token-timeout-s",
+        tc.llm_token_timeout_s,
+        float,
+        "LLM silent this long mid-reply: the reply ends with an apology",
+    )
+    arg(
+        "--llm-filler-after-s",
+        tc.llm_filler_after_s,
+        float,
+        "no first token by then: say 'One moment.' (0: never)",
+    )
+    arg(
+        "--llm-fallback-url",
+        "",
+        str,
+        "fallback LLM: 'local' or an OpenAI-compatible base URL (key: RINGBACK_LLM_FALLBACK_API_KEY)",
+    )
+    arg("--llm-fallback-model", "", str, "model at --llm-fallback-url (default: the primary's)")
+    arg(
+        "--llm-breaker-failures",
+        bc.failures,
+        int,
+        "consecutive failures that open an LLM's circuit breaker",
+    )
+    arg("--llm-breaker-reset-s", bc.reset_s, float, "an open breaker lets a trial through after")
     arg(
         "--asr",
         "hybrid",
@@ -144,6 +224,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     arg("--speculate-ms", e.speculate_ms, int, "silence after which a reply starts speculatively")
     arg("--no-speculation", False, _bool, "start replies only after the end of turn")
+    arg(
+        "--greeting",
+        "chime",
+        str,
+        "at the start of a call, before `ready`: chime | none | a text the agent says",
+    )
     arg("--system-prompt", "", str, "LLM system prompt; empty: a short voice-assistant prompt")
     arg(
         "--budgets",
@@ -167,6 +253,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "expected loss hint for outbound Opus in-band FEC (0 disables FEC)",
     )
     arg("--log-level", "INFO", str, "DEBUG | INFO | WARNING")
+    arg("--workers", d.workers, int, "worker processes behind this address (calls spread)")
+    arg("--session-id-prefix", "", str, "prefix of this server's session ids (set by --workers)")
+    arg("--agent-check-port", 0, int, "TCP port telling HAProxy the load (agent-check); 0: off")
 
 
 def _choice(choices: Sequence[str]) -> Callable[[str], str]:
@@ -209,10 +298,27 @@ def server_config(a: argparse.Namespace) -> ServerConfig:
             eou_silence_ms=a.eou_silence_ms,
             speculate_ms=min(a.speculate_ms, a.eou_silence_ms),
         ),
-        turns=TurnConfig(speculative=not a.no_speculation, budgets_ms=parse_budgets(a.budgets)),
+        turns=TurnConfig(
+            speculative=not a.no_speculation,
+            budgets_ms=parse_budgets(a.budgets),
+            llm_first_token_timeout_s=a.llm_first_token_timeout_s,
+            llm_token_timeout_s=a.llm_token_timeout_s,
+            llm_filler_after_s=a.llm_filler_after_s,
+        ),
         llm_engine=a.llm,
-        tts=TtsPoolConfig(engine=a.tts, voice=a.tts_voice or None, workers=a.tts_workers),
+        llm_fallback=a.llm_fallback_url or None,
+        llm_fallback_model=a.llm_fallback_model or None,
+        llm_breaker=BreakerConfig(failures=a.llm_breaker_failures, reset_s=a.llm_breaker_reset_s),
+        tts=TtsPoolConfig(
+            engine=a.tts,
+            voice=a.tts_voice or None,
+            workers=a.tts_workers,
+            first_chunk_timeout_s=a.tts_first_chunk_timeout_s,
+            chunk_timeout_s=a.tts_chunk_timeout_s,
+        ),
         system_prompt=a.system_prompt or None,
+        log_transcripts=a.log_transcripts,
+        greeting=a.greeting,
         receive_path=a.receive_path,
         jitter=JitterConfig(min_delay_ms=a.jitter_min_ms, max_delay_ms=a.jitter_max_ms),
         opus_send=OpusSendConfig(
@@ -230,23 +336,85 @@ def server_config(a: argparse.Namespace) -> ServerConfig:
         max_body_bytes=a.max_body_bytes,
         ice_servers=ice,
         ice_host_addresses=_csv(a.ice_host),
+        media_timeout_s=a.media_timeout_s,
+        max_pending=a.max_pending,
+        max_pending_per_client=a.max_pending_per_client,
+        offers_per_minute=a.offers_per_minute,
+        offer_burst=a.offer_burst,
+        trust_forwarded=a.trust_forwarded,
+        auth_tokens=_csv(a.auth_tokens),
+        cors_origins=_csv(a.cors_origins),
+        resume_grace_s=a.resume_grace_s,
+        shutdown_deadline_s=a.shutdown_deadline_s,
+        session_id_prefix=a.session_id_prefix,
+        workers=a.workers,
+        agent_check_port=a.agent_check_port,
         agent=agent,
     )
 
 
-def serve(a: argparse.Namespace) -> int:
-    from aiohttp import web
-
+def serve(a: argparse.Namespace, serve_argv: Sequence[str] = ()) -> int:
     from signaling.app import create_app
 
     try:
         config = server_config(a)
     except ValueError as exc:
         raise SystemExit(f"ringback: {exc}") from None
-    app = create_app(config)
+    if config.workers > 1:
+        from signaling.workers import create_front_app
+
+        front = create_front_app(serve_argv, config)
+        return asyncio.run(run_until_signalled(front, config))
+    return asyncio.run(run_until_signalled(create_app(config), config))
+
+
+async def run_until_signalled(app: web.Application, config: ServerConfig) -> int:
+    """Serve until SIGTERM/SIGINT, then drain; the process is gone within the deadline.
+
+    Shutdown: stop accepting, tell every caller (a `shutdown` event), end the calls, close
+    the engines. A watchdog thread exits the process (status 0) if any of it hangs.
+    """
+    from signaling.guard import AccessLogger
+
+    runner = web.AppRunner(
+        app,
+        access_log_class=AccessLogger,
+        shutdown_timeout=config.shutdown_deadline_s / 2,
+        # aiohttp's keep-alive timer also runs while a request's headers are incomplete: it
+        # closes idle and trickling (slowloris) connections alike.
+        keepalive_timeout=IDLE_CONNECTION_S,
+    )
+    await runner.setup()  # loads the engines
+    await web.TCPSite(runner, config.host, config.port).start()
     print(f"ringback: open http://localhost:{config.port} and click Call", flush=True)
-    web.run_app(app, host=config.host, port=config.port, print=None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: %.0f s to end every call", config.shutdown_deadline_s)
+    _exit_after(config.shutdown_deadline_s)
+    try:
+        async with asyncio.timeout(config.shutdown_deadline_s - 0.5):
+            await runner.cleanup()
+    except TimeoutError:
+        log.warning("shutdown overran its deadline: exiting anyway")
+        _flush_and_exit()
+    log.info("shut down cleanly")
     return 0
+
+
+def _exit_after(deadline_s: float) -> None:
+    """Exit with status 0 after `deadline_s` whatever the event loop is stuck on."""
+    timer = threading.Timer(deadline_s, _flush_and_exit)
+    timer.daemon = True
+    timer.start()
+
+
+def _flush_and_exit() -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -275,7 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("aioice").setLevel(logging.WARNING)
     if args.command == "serve":
-        return serve(args)
+        raw = list(argv) if argv is not None else sys.argv[1:]
+        return serve(args, raw[raw.index("serve") + 1 :])
     from harness.cli import run_call
 
     return asyncio.run(run_call(args))

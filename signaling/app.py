@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from agent.call.engines import Engines
+from agent.call.loop_lag import LoopLagMonitor
 from agent.call.stats import ServerStats
 from agent.clock import Clock, MonotonicClock
 from agent.media import patches
+from signaling import guard, observe
+from signaling.agent_check import serve_agent_check
 from signaling.config import ServerConfig
-from signaling.offer import handle_offer, handle_whip, json_error
+from signaling.guard import SESSION_HEADER, json_error
+from signaling.offer import handle_offer, handle_whip
 from signaling.peers import CallRegistry
 
 log = logging.getLogger(__name__)
@@ -20,55 +25,82 @@ log = logging.getLogger(__name__)
 CONFIG = web.AppKey("config", ServerConfig)
 REGISTRY = web.AppKey("registry", CallRegistry)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """HTTP errors on API routes as JSON {"error"}, including aiohttp's own 413/404/405."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if request.path == "/" or request.path.startswith("/static") or exc.status < 400:
-            raise
-        if exc.status == 413:
-            limit = request.app[CONFIG].max_body_bytes
-            return json_error(413, f"request body too large: the limit is {limit} bytes")
-        return json_error(exc.status, exc.reason or "error")
-
-
 def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Application:
     patches.install(
         config.agent.receive_path, config.agent.opus_send, config.ice_host_addresses
     )
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[json_errors])
+    guard.install_log_filters()
+    app = web.Application(
+        client_max_size=config.max_body_bytes, middlewares=guard.middlewares(config)
+    )
     app[CONFIG] = config
     the_clock = clock or MonotonicClock()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         engines = await Engines.start(config.agent)
         try:
-            registry = CallRegistry(config, engines, the_clock, ServerStats())
+            stats = ServerStats()
+            registry = CallRegistry(config, engines, the_clock, stats)
+            stats.bind(lambda: len(registry.calls), lambda: registry.total_started,
+                       config.max_sessions)  # fmt: skip
+            stats.bind_engines(lambda: engines.llm.breakers, lambda: engines.tts.restarts)
             app[REGISTRY] = registry
+            lag = asyncio.get_running_loop().create_task(
+                LoopLagMonitor(the_clock, stats.record_loop_lag).run(), name="loop-lag"
+            )
+            agent = None
+            if config.agent_check_port:
+                agent = await serve_agent_check(
+                    config.host, config.agent_check_port, lambda: stats.load
+                )
             try:
                 yield
             finally:
+                if agent is not None:
+                    agent.close()
+                lag.cancel()
+                await asyncio.gather(lag, return_exceptions=True)
                 await registry.close_all()
         finally:
             await engines.aclose()
 
     app.cleanup_ctx.append(lifecycle)
 
+    async def announce_shutdown(app: web.Application) -> None:
+        if REGISTRY in app and app[REGISTRY].calls:
+            # A third of the deadline for the goodbye; the rest ends calls and engines.
+            await app[REGISTRY].announce_shutdown(config.shutdown_deadline_s / 3)
+            await asyncio.sleep(0.2)  # the last audio and the event reach the callers
+
+    app.on_shutdown.append(announce_shutdown)
+
     async def offer(request: web.Request) -> web.Response:
-        return await handle_offer(request, request.app[REGISTRY], config.retry_after_s)
+        return await handle_offer(request, request.app[REGISTRY])
 
     async def whip(request: web.Request) -> web.Response:
-        return await handle_whip(request, request.app[REGISTRY], config.retry_after_s)
+        return await handle_whip(request, request.app[REGISTRY])
 
     async def hang_up(request: web.Request) -> web.Response:
-        if await request.app[REGISTRY].hang_up(request.match_info["session_id"]):
+        """DELETE /session/{id} with X-Session-Secret, or the WHIP resource URL."""
+        secret = request.match_info.get("secret") or request.headers.get(SESSION_HEADER) or ""
+        if await request.app[REGISTRY].hang_up(request.match_info["session_id"], secret):
             return web.json_response({"status": "hung up"})
-        return json_error(404, "no such session")
+        # Unknown id and wrong secret look the same: an id alone reveals nothing.
+        return json_error(404, "no such session (or not yours)")
+
+    async def whip_options(request: web.Request) -> web.Response:
+        return web.Response(
+            status=204, headers={"Accept-Post": "application/sdp", "Allow": "POST, OPTIONS"}
+        )
+
+    async def whip_patch(request: web.Request) -> web.Response:
+        # RFC 9725 §4.3.1: a session without trickle ICE and ICE restarts answers PATCH 405.
+        # aiortc gathers every candidate before answering and cannot restart ICE.
+        return json_error(
+            405,
+            "trickle ICE and ICE restarts are not supported: the answer holds every candidate",
+            headers={"Allow": "DELETE"},
+        )
 
     async def healthz(request: web.Request) -> web.Response:
         registry = request.app[REGISTRY]
@@ -78,23 +110,23 @@ def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Applicat
                 "sessions": len(registry.calls),
                 "max_sessions": config.max_sessions,
                 "calls_started": registry.total_started,
+                "tasks": len(asyncio.all_tasks()),  # a leak shows here first (bench/soak.py)
+                "load": registry.stats.load,
             }
         )
-
-    async def metrics(request: web.Request) -> web.Response:
-        registry = request.app[REGISTRY]
-        text = registry.stats.prometheus(len(registry.calls), registry.total_started)
-        return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(config.static_dir / "index.html")
 
-    app.router.add_post("/offer", offer)
+    expect = guard.expect_handler(config.max_body_bytes)
+    app.router.add_post("/offer", offer, expect_handler=expect)
     app.router.add_delete("/session/{session_id}", hang_up)
-    app.router.add_post("/whip", whip)
-    app.router.add_delete("/whip/{session_id}", hang_up)
+    app.router.add_post("/whip", whip, expect_handler=expect)
+    app.router.add_route("OPTIONS", "/whip", whip_options)
+    app.router.add_delete("/whip/{session_id}/{secret}", hang_up)
+    app.router.add_patch("/whip/{session_id}/{secret}", whip_patch)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_routes(observe.routes(lambda request: request.app[REGISTRY]))
     app.router.add_get("/", index)
     app.router.add_static("/static/", config.static_dir)
     return app

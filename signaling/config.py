@@ -23,7 +23,20 @@ class ServerConfig:
     port: int = 8080
     max_sessions: int = 8
     max_call_s: float = 1800.0
-    connect_timeout_s: float = 20.0  # answer sent → media flowing, else the session is dropped
+    connect_timeout_s: float = 10.0  # answer sent → connected, else the offer is dropped
+    media_timeout_s: float = 6.0  # a connected call that receives no RTP this long is ended
+    max_pending: int = 4  # offers answered but not yet connected (oldest evicted past it)
+    max_pending_per_client: int = 2  # per client IP; more get 429 + Retry-After
+    offers_per_minute: float = 60.0  # per client IP (sustained), with a burst of offer_burst
+    offer_burst: int = 20
+    trust_forwarded: bool = False  # client IP from X-Forwarded-For (behind a trusted proxy)
+    auth_tokens: tuple[str, ...] = ()  # bearer tokens for /offer, /whip, /sessions, /metrics
+    cors_origins: tuple[str, ...] = ()  # origins allowed to call the API from a browser
+    resume_grace_s: float = 30.0  # a dropped call can be resumed this long
+    shutdown_deadline_s: float = 8.0  # SIGTERM → process gone within this, exit status 0
+    session_id_prefix: str = ""  # e.g. "w1-": routes session resources to their worker
+    workers: int = 1  # > 1: worker processes behind one address (signaling/workers.py)
+    agent_check_port: int = 0  # > 0: HAProxy agent-check (load) on this TCP port
     max_body_bytes: int = 64 * 1024
     retry_after_s: int = 5
     ice_servers: tuple[IceServer, ...] = ()
@@ -34,5 +47,17 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"invalid port {self.port}")
+        if self.workers < 1:
+            raise ValueError("workers must be >= 1")
         if self.max_sessions < 1 or self.max_call_s <= 0 or self.max_body_bytes < 1024:
             raise ValueError("max_sessions >= 1, max_call_s > 0 and max_body_bytes >= 1024")
+        if self.connect_timeout_s <= 0 or self.media_timeout_s <= 0:
+            raise ValueError("connect_timeout_s and media_timeout_s must be > 0")
+        if self.max_pending < 1 or self.max_pending_per_client < 1:
+            raise ValueError("max_pending and max_pending_per_client must be >= 1")
+        if self.offers_per_minute <= 0 or self.offer_burst < 1:
+            raise ValueError("offers_per_minute must be > 0 and offer_burst >= 1")
+        if self.resume_grace_s < 0 or self.shutdown_deadline_s <= 0:
+            raise ValueError("resume_grace_s >= 0 and shutdown_deadline_s > 0")
+        if any(len(t) < 16 for t in self.auth_tokens):
+            raise ValueError("auth tokens must be at least 16 characters")

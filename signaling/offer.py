@@ -1,29 +1,43 @@
 """Offer/answer endpoints: validate the offer, answer it, or say clearly what is wrong.
 
-    POST /offer   {"sdp": "...", "type": "offer"}  →  200 {"sdp", "type": "answer", "session_id"}
+    POST /offer   {"sdp": "...", "type": "offer"[, "resume": {"session_id", "session_secret"}]}
+                  →  200 {"sdp", "type": "answer", "session_id", "session_secret", "resumed"}
     POST /whip    application/sdp offer (WHIP, RFC 9725) →  201 application/sdp answer,
-                  Location: /whip/{session_id} (DELETE it to hang up)
+                  Location: /whip/{session_id}/{session_secret} (DELETE it to hang up)
 
-Errors are JSON {"error": "..."}: 400 malformed JSON / missing fields / unparsable SDP,
-413 body over the limit, 415 wrong content type, 422 no audio m-line or no common audio
-codec, 503 + Retry-After at capacity.
+Errors are JSON {"error": "..."}: 400 malformed JSON / body / missing fields / unparsable
+SDP, 408 body not received within 5 s, 413 body over the limit, 415 wrong content type,
+422 no audio m-line or no common audio codec, 429 + Retry-After for a client over its offer
+rate or its calls still connecting, 503 + Retry-After at capacity or while shutting down.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from aiortc import RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
-from signaling.peers import Call, CallRegistry, CapacityError, OfferRejected
+from signaling.admission import Refused
+from signaling.guard import json_error
+from signaling.peers import (
+    Call,
+    CallRegistry,
+    CapacityError,
+    OfferRejected,
+    Resume,
+    ShuttingDown,
+)
 
 log = logging.getLogger(__name__)
 
+BODY_TIMEOUT_S = 5.0
 SUPPORTED_AUDIO_CODECS = frozenset({"opus", "pcmu", "pcma", "g722"})
 
 
@@ -31,10 +45,6 @@ class OfferError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)
 
 
 def check_offer_sdp(sdp: str) -> None:
@@ -45,6 +55,12 @@ def check_offer_sdp(sdp: str) -> None:
         desc = SessionDescription.parse(sdp)
     except Exception as exc:
         raise OfferError(400, f"unparsable SDP: {exc}") from exc
+    mids = {m.rtp.muxId for m in desc.media}
+    for group in desc.group:
+        bundled = {str(item) for item in group.items}
+        if group.semantic == "BUNDLE" and not bundled <= mids:
+            missing = sorted(bundled - mids)
+            raise OfferError(400, f"a=group:BUNDLE names mids no m-line has: {missing}")
     audio = [m for m in desc.media if m.kind == "audio" and m.port != 0]
     if not audio:
         raise OfferError(422, "the offer has no (enabled) audio m-line")
@@ -72,14 +88,34 @@ def check_offer_sdp(sdp: str) -> None:
         )
 
 
-async def parse_offer(request: web.Request) -> RTCSessionDescription:
+async def read_body(request: web.Request) -> bytes:
+    """The request body, or an OfferError for one that cannot be read (413 past the limit)."""
+    try:
+        # Bounded: a client that trickles its body (or a body aiohttp's decoder stalls on,
+        # like a long non-deflate body sent as deflate) must not hold the handler.
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise
+    except RequestPayloadError as exc:  # e.g. Content-Encoding: gzip over a body that is not
+        raise OfferError(400, f"unreadable body: {' '.join(str(exc).split())}") from exc
+    except TimeoutError:
+        raise OfferError(408, f"the body did not arrive within {BODY_TIMEOUT_S:.0f} s") from None
+
+
+def parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise OfferError(400, "malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a 5,000-digit integer
+        raise OfferError(400, f"malformed JSON: {str(exc)[:200]}") from None
+
+
+async def parse_offer(request: web.Request) -> tuple[RTCSessionDescription, Resume | None]:
     if request.content_type != "application/json":
         raise OfferError(415, "send the offer as application/json")
-    raw = await request.read()  # raises 413 past client_max_size
-    try:
-        body: Any = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OfferError(400, f"malformed JSON: {exc}") from exc
+    body = parse_json(await read_body(request))
     if not isinstance(body, dict):
         raise OfferError(400, "the body must be a JSON object with 'sdp' and 'type'")
     sdp, kind = body.get("sdp"), body.get("type")
@@ -88,13 +124,13 @@ async def parse_offer(request: web.Request) -> RTCSessionDescription:
     if kind != "offer":
         raise OfferError(400, "field 'type' must be 'offer'")
     check_offer_sdp(sdp)
-    return RTCSessionDescription(sdp=sdp, type="offer")
+    return RTCSessionDescription(sdp=sdp, type="offer"), parse_resume(body)
 
 
 async def parse_whip_offer(request: web.Request) -> RTCSessionDescription:
     if request.content_type != "application/sdp":
         raise OfferError(415, "send the offer as application/sdp (WHIP, RFC 9725)")
-    raw = await request.read()  # raises 413 past client_max_size
+    raw = await read_body(request)
     try:
         sdp = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -103,49 +139,87 @@ async def parse_whip_offer(request: web.Request) -> RTCSessionDescription:
     return RTCSessionDescription(sdp=sdp, type="offer")
 
 
-async def handle_offer(
-    request: web.Request, registry: CallRegistry, retry_after_s: int
-) -> web.Response:
+def client_address(request: web.Request, trust_forwarded: bool) -> str:
+    """The caller's IP: the peer's address, or the nearest X-Forwarded-For hop behind a proxy."""
+    if trust_forwarded:
+        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+        if hops[-1]:
+            return hops[-1]
+    return request.remote or "unknown"
+
+
+def parse_resume(body: dict[str, Any]) -> Resume | None:
+    resume = body.get("resume")
+    if resume is None:
+        return None
+    if not isinstance(resume, dict):
+        raise OfferError(400, "'resume' must be an object with 'session_id' and 'session_secret'")
+    session_id, secret = resume.get("session_id"), resume.get("session_secret")
+    if not (isinstance(session_id, str) and isinstance(secret, str) and session_id and secret):
+        raise OfferError(400, "'resume' needs 'session_id' and 'session_secret' (strings)")
+    return Resume(session_id, secret)
+
+
+async def handle_offer(request: web.Request, registry: CallRegistry) -> web.Response:
     def respond(answer: RTCSessionDescription, call: Call) -> web.Response:
-        return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": call.id})
+        return web.json_response(
+            {
+                "sdp": answer.sdp,
+                "type": answer.type,
+                "session_id": call.id,
+                "session_secret": call.secret,
+                "resumed": call.resumed,
+            }
+        )
 
-    return await _negotiate(request, registry, retry_after_s, parse_offer, respond)
+    return await _negotiate(request, registry, parse_offer, respond)
 
 
-async def handle_whip(
-    request: web.Request, registry: CallRegistry, retry_after_s: int
-) -> web.Response:
+async def handle_whip(request: web.Request, registry: CallRegistry) -> web.Response:
     def respond(answer: RTCSessionDescription, call: Call) -> web.Response:
         return web.Response(
             status=201,
             text=answer.sdp,
             content_type="application/sdp",
-            headers={"Location": f"/whip/{call.id}"},
+            # The resource URL is the call's capability: its secret is part of it.
+            headers={"Location": whip_resource(call)},
         )
 
-    return await _negotiate(request, registry, retry_after_s, parse_whip_offer, respond)
+    async def parse(request: web.Request) -> tuple[RTCSessionDescription, Resume | None]:
+        return await parse_whip_offer(request), None
+
+    return await _negotiate(request, registry, parse, respond)
+
+
+def whip_resource(call: Call) -> str:
+    return f"/whip/{call.id}/{call.secret}"
 
 
 async def _negotiate(
     request: web.Request,
     registry: CallRegistry,
-    retry_after_s: int,
-    parse: Callable[[web.Request], Awaitable[RTCSessionDescription]],
+    parse: Callable[[web.Request], Awaitable[tuple[RTCSessionDescription, Resume | None]]],
     respond: Callable[[RTCSessionDescription, Call], web.Response],
 ) -> web.Response:
+    retry_after = str(registry.config.retry_after_s)
+    client = client_address(request, registry.config.trust_forwarded)
     try:
-        offer = await parse(request)
-        if registry.full:
-            raise CapacityError
-        answer, call = await registry.open(offer)
+        offer, resume = await parse(request)
+        registry.admit(client)
+        answer, call = await registry.open(offer, client, resume)
     except OfferError as exc:
         log.info("offer rejected (%d): %s", exc.status, exc)
         return json_error(exc.status, str(exc))
+    except Refused as exc:
+        log.info("offer refused (429) for %s: %s", client, exc)
+        return json_error(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+    except ShuttingDown:
+        return json_error(
+            503, "server shutting down: call again shortly", headers={"Retry-After": retry_after}
+        )
     except CapacityError:
         log.warning("offer rejected: at capacity (%d sessions)", len(registry.calls))
-        return json_error(
-            503, "server busy: too many calls", headers={"Retry-After": str(retry_after_s)}
-        )
+        return json_error(503, "server busy: too many calls", headers={"Retry-After": retry_after})
     except OfferRejected as exc:
         log.info("offer rejected by the WebRTC stack: %s", exc)
         return json_error(400, f"SDP rejected by the WebRTC stack: {exc}")

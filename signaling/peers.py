@@ -1,15 +1,22 @@
-"""Call registry: creates peer connections, enforces limits, and cleans up on every exit.
+"""Call registry: admits offers, creates peer connections, and cleans up on every exit.
 
 A call ends, and is cleaned up completely (session stopped, peer connection closed, slot
-freed), on hang-up (DELETE or the peer closing), ICE/DTLS failure, the peer vanishing (ICE
-consent expires → connection "failed"), no media within connect_timeout_s, the maximum call
-duration, or server shutdown.
+freed), on hang-up (DELETE or the peer closing), ICE/DTLS failure, no RTP for
+`media_timeout_s` once connected (a vanished or silent peer), no connection within
+`connect_timeout_s` of the answer, eviction of a pending offer, the maximum call duration,
+or server shutdown.
+
+Every call has a public id (logs, the `hello` event) and a secret returned only to its
+creator: acting on the call (hang-up, resume) needs the secret. A call that dropped (no
+media, connection failed) is parked for `resume_grace_s`: an offer presenting its id and
+secret continues the same conversation on a new peer connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -29,12 +36,24 @@ from agent.call.events import CHANNEL_LABEL
 from agent.call.session import Session
 from agent.call.stats import ServerStats
 from agent.clock import Clock
+from agent.conversation.history import Conversation
+from agent.engines.interfaces import Role
+from signaling.admission import Admission
 from signaling.config import ServerConfig
 
 log = logging.getLogger(__name__)
 
+WATCH_INTERVAL_S = 1.0
+# Ends that leave the conversation resumable: the network, not a person, ended the call.
+RESUMABLE_ENDS = frozenset({"no media", "connection failed"})
+GOODBYE = "The server is restarting. Goodbye!"
+
 
 class CapacityError(Exception):
+    pass
+
+
+class ShuttingDown(Exception):
     pass
 
 
@@ -42,9 +61,17 @@ class OfferRejected(Exception):
     """aiortc could not apply the offer (an SDP it does not accept)."""
 
 
+@dataclass(frozen=True)
+class Resume:
+    session_id: str
+    secret: str
+
+
 @dataclass(eq=False)
 class Call:
     id: str
+    secret: str
+    client: str
     pc: RTCPeerConnection
     session: Session
     track: asyncio.Future[MediaStreamTrack]
@@ -52,6 +79,33 @@ class Call:
     blackhole: MediaBlackhole = field(default_factory=MediaBlackhole)
     task: asyncio.Task[None] | None = None
     closing: bool = False
+    end_reason: str = "ended"
+    resumed: bool = False
+
+    def end(self, reason: str) -> None:
+        """Ask the call to end (idempotent): the first reason given is the one logged."""
+        if self.task is not None and not self.task.done() and not self.closing:
+            self.end_reason = reason
+            self.closing = True
+            self.task.cancel()
+
+
+@dataclass
+class _Parked:
+    secret: str
+    conversation: Conversation
+    expires_at: float
+
+
+def _secret_matches(expected: str, given: str) -> bool:
+    return hmac.compare_digest(expected.encode(), given.encode())
+
+
+async def _close_pc(pc: RTCPeerConnection, call_id: str) -> None:
+    try:
+        await pc.close()
+    except Exception as exc:  # aiortc can raise again on an offer it refused
+        log.info("[%s] peer connection close failed: %s: %s", call_id, type(exc).__name__, exc)
 
 
 class CallRegistry:
@@ -64,6 +118,14 @@ class CallRegistry:
         self.clock = clock
         self.calls: dict[str, Call] = {}
         self.total_started = 0
+        self.draining = False
+        self.admission = Admission(
+            config.offers_per_minute,
+            config.offer_burst,
+            config.max_pending,
+            config.max_pending_per_client,
+        )
+        self._parked: dict[str, _Parked] = {}
 
     @property
     def full(self) -> bool:
@@ -76,14 +138,61 @@ class CallRegistry:
         ]
         return RTCConfiguration(iceServers=servers)
 
-    async def open(self, offer: RTCSessionDescription) -> tuple[RTCSessionDescription, Call]:
-        """Answer an offer and start serving the call. Raises CapacityError or ValueError."""
-        if self.full:
+    def admit(self, client: str) -> None:
+        """Raise ShuttingDown, admission.Refused (429) or CapacityError (503) before any work."""
+        if self.draining:
+            raise ShuttingDown
+        self.admission.check(client, self.clock.now())
+        if self.full and self.admission.pending == 0:
             raise CapacityError
-        call_id = secrets.token_urlsafe(9)
+
+    def _take_over(self, resume: Resume | None) -> Conversation | None:
+        """The conversation of the call `resume` names, if its secret matches (else None)."""
+        if resume is None:
+            return None
+        now = self.clock.now()
+        for call_id in [i for i, p in self._parked.items() if p.expires_at <= now]:
+            del self._parked[call_id]
+        parked = self._parked.get(resume.session_id)
+        if parked is not None and _secret_matches(parked.secret, resume.secret):
+            del self._parked[resume.session_id]
+            return parked.conversation
+        live = self.calls.get(resume.session_id)
+        if live is not None and _secret_matches(live.secret, resume.secret):
+            live.end("resumed")  # the old connection is dead to its user: replace it
+            self.calls.pop(live.id, None)
+            self.admission.done_pending(live.id)
+            return live.session.turns.conversation
+        return None
+
+    async def open(
+        self, offer: RTCSessionDescription, client: str, resume: Resume | None = None
+    ) -> tuple[RTCSessionDescription, Call]:
+        """Answer an offer and start serving the call (call `admit` first).
+
+        Raises CapacityError or OfferRejected. With `resume`, a parked or live call whose id
+        and secret match is continued (`call.resumed`); otherwise a new call starts.
+        """
+        conversation = self._take_over(resume)
+        if self.full and not self._evict_oldest_pending():
+            raise CapacityError
+        if conversation is not None and resume is not None:
+            call_id = resume.session_id
+        else:
+            call_id = self.config.session_id_prefix + secrets.token_urlsafe(9)
         pc = RTCPeerConnection(self._rtc_configuration())
-        session = Session(call_id, self.config.agent, self.engines, self.clock, self.stats)
-        call = Call(call_id, pc, session, asyncio.get_running_loop().create_future())
+        session = Session(
+            call_id, self.config.agent, self.engines, self.clock, self.stats, conversation
+        )
+        call = Call(
+            call_id,
+            secrets.token_urlsafe(18),
+            client,
+            pc,
+            session,
+            asyncio.get_running_loop().create_future(),
+            resumed=conversation is not None,
+        )
         self.calls[call_id] = call
         self._wire(call)
         try:
@@ -93,17 +202,40 @@ class CallRegistry:
             await pc.setLocalDescription(answer)
         except BaseException as exc:
             self.calls.pop(call_id, None)
-            await pc.close()
+            await _close_pc(pc, call_id)
             if isinstance(exc, Exception):
                 # aiortc raises ValueError, AttributeError, ... for SDP it cannot use.
                 raise OfferRejected(f"{type(exc).__name__}: {exc}") from exc
             raise
+        for evicted in self.admission.add_pending(call_id, client):
+            self._end_pending(evicted)
         call.task = asyncio.get_running_loop().create_task(
             self._serve(call), name=f"call-{call_id}"
         )
         self.total_started += 1
-        log.info("[%s] call answered (%d active)", call_id, len(self.calls))
+        log.info(
+            "[%s] call %s (%d active, %d connecting)",
+            call_id,
+            "resumed" if call.resumed else "answered",
+            len(self.calls),
+            self.admission.pending,
+        )
         return pc.localDescription, call
+
+    def _evict_oldest_pending(self) -> bool:
+        for call in self.calls.values():
+            if not call.connected.is_set() and call.task is not None:
+                self._end_pending(call.id)
+                self.calls.pop(call.id, None)
+                return True
+        return False
+
+    def _end_pending(self, call_id: str) -> None:
+        self.admission.done_pending(call_id)
+        call = self.calls.get(call_id)
+        if call is not None and not call.connected.is_set():
+            log.info("[%s] evicted: still connecting when the pending budget ran out", call_id)
+            call.end("evicted")
 
     def _wire(self, call: Call) -> None:
         pc = call.pc
@@ -125,45 +257,138 @@ class CallRegistry:
             log.info("[%s] connection %s", call.id, pc.connectionState)
             if pc.connectionState == "connected":
                 call.connected.set()
-            if pc.connectionState in ("failed", "closed") and call.task and not call.closing:
-                call.task.cancel()
+                self.admission.done_pending(call.id)
+            elif pc.connectionState == "failed":
+                call.end("connection failed")
+            elif pc.connectionState == "closed":
+                call.end("connection closed")
 
     async def _serve(self, call: Call) -> None:
         try:
-            # aiortc announces the remote track while applying the offer, before ICE even
-            # starts, so wait for the connection itself: an offer that never connects must
-            # not hold a slot.
-            async with asyncio.timeout(self.config.connect_timeout_s):
-                track = await call.track
-                await call.connected.wait()
+            try:
+                # aiortc announces the remote track while applying the offer, before ICE
+                # even starts, so wait for the connection itself: an offer that never
+                # connects must not hold a slot.
+                async with asyncio.timeout(self.config.connect_timeout_s):
+                    track = await call.track
+                    await call.connected.wait()
+            except TimeoutError:
+                call.end_reason = "never connected"
+                return
+            self.admission.done_pending(call.id)
             await call.blackhole.start()
-            async with asyncio.timeout(self.config.max_call_s):
-                await call.session.run(track)
-        except TimeoutError:
-            log.warning("[%s] call timed out (no media or max duration)", call.id)
+            if call.resumed:
+                history = call.session.turns.conversation.turns
+                exchanges = sum(1 for m in history if m.role == Role.USER)
+                call.session.events.emit({"type": "resumed", "history_turns": exchanges})
+            try:
+                async with asyncio.timeout(self.config.max_call_s):
+                    await self._run_watched(call, track)
+            except TimeoutError:
+                call.end_reason = "max duration"
+        except asyncio.CancelledError:
+            if not call.closing:  # cancelled from outside (shutdown): not an end we asked for
+                raise
         except Exception:
+            call.end_reason = "error"
             log.exception("[%s] call failed", call.id)
         finally:
             call.closing = True
-            self.calls.pop(call.id, None)
+            self.admission.done_pending(call.id)
+            if self.calls.get(call.id) is call:
+                del self.calls[call.id]
             with contextlib.suppress(Exception):
                 await call.blackhole.stop()
-            await call.pc.close()
-            log.info("[%s] call cleaned up (%d active)", call.id, len(self.calls))
+            await _close_pc(call.pc, call.id)
+            if call.end_reason in RESUMABLE_ENDS and self.config.resume_grace_s > 0:
+                self._parked[call.id] = _Parked(
+                    call.secret,
+                    call.session.turns.conversation,
+                    self.clock.now() + self.config.resume_grace_s,
+                )
+            log.info("[%s] call ended: %s (%d active)", call.id, call.end_reason, len(self.calls))
 
-    async def hang_up(self, call_id: str) -> bool:
+    async def _run_watched(self, call: Call, track: MediaStreamTrack) -> None:
+        """The session, ended when RTP stops arriving for media_timeout_s."""
+        session = asyncio.get_running_loop().create_task(
+            call.session.run(track), name=f"session-{call.id}"
+        )
+        try:
+            last_packets, last_change = -1, self.clock.now()
+            while not session.done():
+                done, _ = await asyncio.wait({session}, timeout=WATCH_INTERVAL_S)
+                if done:
+                    break
+                packets = await _packets_received(call.pc)
+                now = self.clock.now()
+                if packets != last_packets:
+                    last_packets, last_change = packets, now
+                elif now - last_change >= self.config.media_timeout_s:
+                    log.info(
+                        "[%s] no media for %.0f s: ending the call", call.id, now - last_change
+                    )
+                    call.end_reason = "no media"
+                    break
+            if session.done():
+                session.result()  # raises what the session raised
+                call.end_reason = "caller hung up"  # the inbound track ended
+        finally:
+            session.cancel()
+            await asyncio.gather(session, return_exceptions=True)
+
+    def authorized(self, call_id: str, secret: str) -> Call | None:
         call = self.calls.get(call_id)
+        if call is None or not _secret_matches(call.secret, secret):
+            return None
+        return call
+
+    async def hang_up(self, call_id: str, secret: str) -> bool:
+        call = self.authorized(call_id, secret)
         if call is None or call.task is None:
             return False
-        call.task.cancel()
+        self._parked.pop(call_id, None)
+        call.end("hung up")
         await asyncio.gather(call.task, return_exceptions=True)
         return True
 
+    async def announce_shutdown(self, within_s: float) -> None:
+        """Tell every caller the server is going away: an event, then a short spoken goodbye
+        (unless a reply is playing), for at most `within_s`. New offers get 503 from now on."""
+        self.draining = True
+        calls = [c for c in self.calls.values() if c.connected.is_set()]
+        for call in calls:
+            call.session.events.emit({"type": "shutdown", "message": GOODBYE})
+        goodbyes = [c.session.say_goodbye(GOODBYE) for c in calls]
+        try:
+            async with asyncio.timeout(within_s):
+                for outcome in await asyncio.gather(*goodbyes, return_exceptions=True):
+                    if isinstance(outcome, Exception):
+                        log.info("goodbye not said: %s", type(outcome).__name__)
+        except TimeoutError:
+            log.info("goodbyes cut short by the shutdown deadline")
+
     async def close_all(self) -> None:
-        tasks = [c.task for c in self.calls.values() if c.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for call in list(self.calls.values()):  # answered but never started serving
-            await call.pc.close()
+        self.draining = True
+        calls = list(self.calls.values())
+        for call in calls:
+            call.end("shutdown")
+        await asyncio.gather(*(c.task for c in calls if c.task is not None), return_exceptions=True)
+        for call in calls:
+            if call.task is None:  # answered but never started serving
+                await _close_pc(call.pc, call.id)
         self.calls.clear()
+        self._parked.clear()
+
+
+async def _packets_received(pc: RTCPeerConnection) -> int:
+    total = 0
+    for receiver in pc.getReceivers():
+        if receiver.track is None or receiver.track.kind != "audio":
+            continue
+        report = await receiver.getStats()
+        total += sum(
+            int(getattr(s, "packetsReceived", 0))
+            for s in report.values()
+            if s.type == "inbound-rtp"
+        )
+    return total

@@ -45,4 +45,5 @@ async def test_a_busy_pool_loads_another_decoder(speech: dict[str, Any]) -> None
     await second.open()  # pool empty: loads a second decoder
     await first.aclose()
     await second.aclose()
-    assert len(engine._free) == 2
+    # Past the peak only `preload` idle decoders are kept: the extra one (~100 MB) is freed.
+    assert len(engine._free) == 1

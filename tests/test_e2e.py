@@ -57,23 +57,29 @@ async def test_spoken_conversation(server: Server, speech: dict[str, Any]) -> No
 async def assert_metrics_page(server: Server, min_turns: int) -> None:
     """/metrics (Prometheus text) counts the turns and, once the call ended, its link."""
     import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
 
-    metrics: dict[str, str] = {}
+    def sample(text: str, name: str, **labels: str) -> float:
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and s.labels == labels:
+                    return float(s.value)
+        raise KeyError(name, labels)
+
+    text = ""
     async with aiohttp.ClientSession() as http:
         for _ in range(50):  # the server records the link when the session has wound down
             async with http.get(server.url + "/metrics") as resp:
                 assert resp.status == 200 and resp.content_type == "text/plain"
                 text = await resp.text()
-            metrics = dict(
-                line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#")
-            )
-            if int(metrics['ringback_link_frames_total{kind="delivered"}']) > 0:
+            if sample(text, "ringback_link_frames_total", kind="delivered") > 0:
                 break
             await asyncio.sleep(0.1)
-    assert int(metrics['ringback_turns_total{interrupted="false"}']) >= min_turns
-    ttfa = metrics['ringback_turn_stage_ms{stage="time_to_first_audio_ms",quantile="0.5"}']
-    assert 0 < float(ttfa) < 3000
-    assert int(metrics['ringback_link_frames_total{kind="delivered"}']) > 0
+    assert sample(text, "ringback_turns_total", interrupted="false") >= min_turns
+    ttfa = sample(text, "ringback_turn_stage_ms", stage="time_to_first_audio_ms", quantile="0.5")
+    assert 0 < ttfa < 3000
+    assert sample(text, "ringback_voice_to_voice_server_seconds_count") >= min_turns
+    assert sample(text, "ringback_link_frames_total", kind="delivered") > 0
 
 
 async def test_barge_in_stops_the_agent(server: Server, speech: dict[str, Any]) -> None:

@@ -128,37 +128,3 @@ def test_summarize() -> None:
     for p in (50, 90, 99):
         assert s[f"ttfa_p{p}"] == pytest.approx(float(np.percentile(values, p)))
     assert summarize([], "x") == {"x_p50": None, "x_p90": None, "x_p99": None}
-
-
-def test_server_stats_prometheus_text() -> None:
-    from agent.call.stats import ServerStats
-
-    stats = ServerStats(window=3)
-    for ttfa in (400.0, 500.0, 600.0, 700.0):  # the window keeps the last three
-        stats.record_turn({"time_to_first_audio_ms": ttfa, "eou_delay_ms": None}, False, 0)
-    stats.record_turn(
-        {"time_to_first_audio_ms": 900.0, "final_passes": 3, "final_passes_wasted": 1,
-         "asr_queue_wait_ms": 12.0, "eou_silence_ms": 260.0},
-        True,
-        2,
-    )
-    stats.record_link({"frames_delivered": 100, "frames_concealed": 3, "packets_lost": 2})
-    text = stats.prometheus(active=1, started=7)
-    lines = set(text.splitlines())
-    assert "ringback_sessions_active 1" in lines
-    assert "ringback_calls_total 7" in lines
-    assert 'ringback_turns_total{interrupted="false"} 4' in lines
-    assert 'ringback_turns_total{interrupted="true"} 1' in lines
-    assert "ringback_turns_over_budget_total 2" in lines
-    # last three: 600, 700, 900
-    assert 'ringback_turn_stage_ms{stage="time_to_first_audio_ms",quantile="0.5"} 700.0' in lines
-    assert 'ringback_turn_stage_ms_count{stage="time_to_first_audio_ms"} 3' in lines
-    assert 'ringback_turn_stage_ms{stage="eou_delay_ms",quantile="0.5"} NaN' in lines
-    assert 'ringback_hearing_ms{name="asr_queue_wait_ms",quantile="0.5"} 12.0' in lines
-    assert 'ringback_hearing_ms{name="eou_silence_ms",quantile="0.99"} 260.0' in lines
-    assert 'ringback_hearing_ms_count{name="asr_pass_ms"} 0' in lines
-    assert 'ringback_final_passes_total{wasted="false"} 2' in lines
-    assert 'ringback_final_passes_total{wasted="true"} 1' in lines
-    assert 'ringback_link_frames_total{kind="concealed"} 3' in lines
-    assert 'ringback_link_packets_total{kind="lost"} 2' in lines
-    assert text.endswith("\n")

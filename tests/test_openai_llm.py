@@ -145,8 +145,20 @@ async def test_done_ends_stream_even_if_connection_stays_open(make_llm: MakeLlm)
     assert time.monotonic() - started < 5
 
 
-async def test_end_of_stream_without_done(make_llm: MakeLlm) -> None:
+async def test_end_of_stream_without_done_is_a_cut_off_reply(make_llm: MakeLlm) -> None:
     llm = await make_llm(sse_handler(chunk("a"), chunk("b")))
+    got: list[str] = []
+    with pytest.raises(EngineError, match="ended before the reply was complete") as err:
+        async for delta in llm.complete(MESSAGES):
+            got.append(delta)
+    assert got == ["a", "b"] and err.value.retryable
+
+
+async def test_end_of_stream_after_finish_reason_without_done_is_complete(
+    make_llm: MakeLlm,
+) -> None:
+    last = chunk("b").replace(b'"finish_reason": null', b'"finish_reason": "stop"')
+    llm = await make_llm(sse_handler(chunk("a"), last))
     assert await collect(llm) == ["a", "b"]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
@@ -317,7 +318,7 @@ async def test_max_call_duration_cuts_the_call(tmp_path: Path) -> None:
             assert await wait_until(lambda: peer_gone(caller), 5), caller.pc.connectionState
         finally:
             await caller.close()
-        assert "call timed out" in srv.log()
+        assert "call ended: max duration" in srv.log()
 
 
 async def test_vanished_peer_frees_its_session(server: Server) -> None:
@@ -339,12 +340,27 @@ async def test_hang_up_frees_the_session_promptly(server: Server) -> None:
         await caller.connect()
         assert (await health(server.url))["sessions"] == 1
         assert caller.session_id
+        # The id alone is not enough to end someone's call: it needs the call's secret.
+        for secret in ({}, {"X-Session-Secret": "guess"}):
+            denied = await request(
+                "DELETE", f"{server.url}/session/{caller.session_id}", headers=secret
+            )
+            assert denied.status == 404, denied
+        assert (await health(server.url))["sessions"] == 1
         t0 = time.monotonic()
-        reply = await request("DELETE", f"{server.url}/session/{caller.session_id}")
+        reply = await request(
+            "DELETE",
+            f"{server.url}/session/{caller.session_id}",
+            headers={"X-Session-Secret": caller.session_secret},
+        )
         assert reply.status == 200, reply
         await wait_sessions(server.url, 0, timeout_s=2)
         assert time.monotonic() - t0 < 2
-        again = await request("DELETE", f"{server.url}/session/{caller.session_id}")
+        again = await request(
+            "DELETE",
+            f"{server.url}/session/{caller.session_id}",
+            headers={"X-Session-Secret": caller.session_secret},
+        )
         assert again.status == 404
     finally:
         await caller.close()
@@ -356,13 +372,20 @@ async def test_shutdown_closes_every_peer(tmp_path: Path) -> None:
         try:
             await caller.connect()
             assert (await health(srv.url))["sessions"] == 1
+            await asyncio.sleep(0.5)  # past the greeting
+            t_term = caller.clock.now()
             srv.proc.terminate()
             assert await wait_until(lambda: srv.proc.poll() is not None, 10), "server still up"
-            assert srv.proc.returncode in (0, -15), srv.log()
+            # An idle caller hears a short spoken goodbye before the call ends.
+            goodbye = caller.audio_between(t_term, caller.clock.now())
+            assert goodbye.size and int(np.abs(goodbye.astype(np.int32)).max()) > 3000
+            assert srv.proc.returncode == 0, srv.log()
             assert await wait_until(lambda: peer_gone(caller), 10), caller.pc.connectionState
+            told = [e for e in caller.events if e.data.get("type") == "shutdown"]
+            assert told, "the caller was not told the server is shutting down"
         finally:
             await caller.close()
-        assert "call cleaned up" in srv.log()
+        assert "call ended: shutdown" in srv.log()
 
 
 # --- known server bugs -----------------------------------------------------------------------
@@ -372,7 +395,8 @@ async def post_and_hang_up(url: str, sdp: str) -> Reply:
     """POST an offer; if the server answers it anyway, hang that call up again."""
     reply = await post_json(url, {"sdp": sdp, "type": "offer"})
     if reply.status == 200 and isinstance(reply.body, dict):
-        await request("DELETE", f"{url}/session/{reply.body['session_id']}")
+        secret = {"X-Session-Secret": reply.body["session_secret"]}
+        await request("DELETE", f"{url}/session/{reply.body['session_id']}", headers=secret)
     return reply
 
 

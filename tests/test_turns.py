@@ -12,7 +12,7 @@ import pytest
 from agent.audio import Pcm16
 from agent.clock import FakeClock
 from agent.conversation.history import Conversation
-from agent.conversation.turns import FALLBACK_REPLY, State, TurnConfig, TurnManager
+from agent.conversation.turns import FALLBACK_REPLY, FILLER, State, TurnConfig, TurnManager
 from agent.engines.interfaces import EngineError, Message, Role
 from agent.metrics import TurnMetrics
 
@@ -283,7 +283,9 @@ async def test_llm_failure_speaks_a_fallback_and_reports_it() -> None:
     await rig.tm.on_final("hello", rig.metrics())
     await rig.play_all()
     assert rig.tts.texts == [FALLBACK_REPLY]
-    assert any("LLM failed" in e["message"] for e in rig.of_type("error"))
+    errors = rig.of_type("error")
+    assert [(e["engine"], e["message"]) for e in errors] == [("llm", "the language model failed")]
+    assert not any("scripted" in e["message"] for e in errors), "no engine internals"
     assert rig.of_type("turn")[0]["reply"] == FALLBACK_REPLY
 
 
@@ -293,11 +295,14 @@ async def test_llm_that_hangs_times_out_on_the_injected_clock() -> None:
     await rig.tm.on_speech_start()
     await rig.tm.on_final("hello", rig.metrics())
     await rig.clock.advance(1.9)
-    assert rig.tts.texts == [] and rig.llm.closed == 0, "gave up before the timeout"
+    # The filler (at 0.5 s) is all that was said: the LLM was not given up on yet.
+    assert rig.tts.texts == [FILLER] and rig.llm.closed == 0, "gave up before the timeout"
     await rig.clock.advance(0.2)
     await rig.play_all()
-    assert rig.tts.texts == [FALLBACK_REPLY]
+    assert rig.tts.texts == [FILLER, FALLBACK_REPLY]
     assert rig.llm.closed == 1
+    errors = rig.of_type("error")
+    assert [e["message"] for e in errors] == ["the language model timed out"]
 
 
 async def test_tts_failure_skips_the_unit_and_goes_on() -> None:

@@ -8,6 +8,7 @@ from agent.conversation.endpointer import EndpointerConfig
 from agent.conversation.listener import ListenerConfig
 from agent.conversation.speech_detector import SpeechDetectorConfig
 from agent.conversation.turns import TurnConfig
+from agent.engines.breaker import BreakerConfig
 from agent.engines.tts_pool import TtsPoolConfig
 from agent.engines.whisper_pool import WhisperConfig
 from agent.media.opus import OpusSendConfig
@@ -26,11 +27,16 @@ class AgentConfig:
     asr: str = "hybrid"  # hybrid: pocketsphinx partials + whisper final | pocketsphinx
     whisper: WhisperConfig = field(default_factory=WhisperConfig)
     llm_engine: str = "local"  # local | openai
+    llm_fallback: str | None = None  # "local" or an OpenAI-compatible base URL (…/v1)
+    llm_fallback_model: str | None = None  # model at the fallback URL (default: the primary's)
+    llm_breaker: BreakerConfig = field(default_factory=BreakerConfig)
     tts: TtsPoolConfig = field(default_factory=TtsPoolConfig)
     system_prompt: str | None = None
     receive_path: str = "ringback"  # ringback: own jitter buffer + Opus PLC/FEC | aiortc
     jitter: JitterConfig = field(default_factory=JitterConfig)
     opus_send: OpusSendConfig = field(default_factory=OpusSendConfig)
+    greeting: str = "chime"  # at the start of a call: chime | none | a text the agent says
+    log_transcripts: bool = False  # what the user said, at INFO (else DEBUG only)
 
     def __post_init__(self) -> None:
         if self.asr not in ASR_MODES:

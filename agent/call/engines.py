@@ -1,17 +1,24 @@
 """The engines one server shares between its calls, built from the configuration.
 
 Streaming recognizers are per call (`asr.create()`); the accurate pass (whisper), the Silero
-VAD model, the LLM and the TTS worker pool are shared. Model files are hash-checked first.
+VAD model, the LLMs (the primary and an optional fallback, each behind a circuit breaker) and
+the TTS worker pool are shared. Model files are hash-checked first.
+
+For metrics: `llm.breakers` (role → CircuitBreaker: `.state`, `.transitions`) and
+`tts.restarts` (reason → TTS worker restarts).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
 
 from agent.call.config import AgentConfig
 from agent.call.selfcheck import check_models
+from agent.conversation.turns import FAULT_PHRASES
+from agent.engines.breaker import LlmChain
 from agent.engines.interfaces import LLM, AsrEngine
 from agent.engines.pocketsphinx_asr import PocketsphinxEngine
 from agent.engines.silero_vad import SileroModel
@@ -37,12 +44,31 @@ def make_llm(name: str) -> LLM:
     raise ValueError(f"unknown LLM engine {name!r} (choose from {', '.join(LLM_ENGINES)})")
 
 
+def make_fallback_llm(target: str | None, model: str | None) -> LLM | None:
+    """The fallback LLM: None, "local" (the built-in responder) or an OpenAI-compatible base
+    URL, with `model` (default: the primary's RINGBACK_OPENAI_MODEL) and the key in
+    RINGBACK_LLM_FALLBACK_API_KEY (the primary's key is never sent to another host)."""
+    if not target:
+        return None
+    if target == "local":
+        return make_llm("local")
+    from agent.engines.openai_llm import DEFAULT_MODEL, OpenAiLlm
+
+    llm = OpenAiLlm(
+        base_url=target,
+        model=model or os.environ.get("RINGBACK_OPENAI_MODEL") or DEFAULT_MODEL,
+        api_key=os.environ.get("RINGBACK_LLM_FALLBACK_API_KEY") or None,
+    )
+    llm.name = "openai-fallback"
+    return llm
+
+
 @dataclass
 class Engines:
     """Engines shared by every session of a server (recognizers are per session)."""
 
     asr: AsrEngine
-    llm: LLM
+    llm: LlmChain
     tts: TtsWorkerPool
     transcriber: WhisperPool | None  # the accurate final pass (hybrid ASR)
     silero: SileroModel | None  # the speech detector's model
@@ -67,9 +93,14 @@ class Engines:
         transcriber = WhisperPool(config.whisper) if config.asr == "hybrid" else None
         if transcriber is not None:
             await transcriber.start()
-        llm = make_llm(config.llm_engine)
+        llm = LlmChain.of(
+            make_llm(config.llm_engine),
+            make_fallback_llm(config.llm_fallback, config.llm_fallback_model),
+            config.llm_breaker,
+        )
         tts = TtsWorkerPool(config.tts)
         await tts.start()
+        await tts.cache_phrases(FAULT_PHRASES)
         log.info(
             "engines: asr=%s%s speech=%s llm=%s tts=%s",
             asr.name,

@@ -18,6 +18,8 @@ from aiortc.mediastreams import MediaStreamTrack
 from agent.call.config import AgentConfig
 from agent.call.engines import Engines
 from agent.call.events import EventChannel
+from agent.call.greeting import MARK, play_greeting, speak
+from agent.call.mute import Mute
 from agent.call.stats import ServerStats
 from agent.clock import Clock
 from agent.conversation.endpointer import Endpointer
@@ -33,7 +35,7 @@ from agent.conversation.listener import (
     TurnEvent,
 )
 from agent.conversation.speech_detector import SpeechDetector
-from agent.conversation.turns import TurnManager
+from agent.conversation.turns import State, TurnManager
 from agent.media.inbound import LinkStats, inbound_frames
 from agent.media.outbound import OutboundAudioTrack
 
@@ -48,20 +50,24 @@ class Session:
         engines: Engines,
         clock: Clock,
         stats: ServerStats | None = None,
+        conversation: Conversation | None = None,
     ) -> None:
+        """`conversation`: the history of a resumed call (a new one when None)."""
         self.id = session_id
         self.config = config
         self.engines = engines
         self.clock = clock
-        self.events = EventChannel(session_id)
+        self.mute = Mute()
+        self.events = EventChannel(session_id, on_mute=self.mute.set)
         self.link: LinkStats | None = None
         self._stats = stats
         self.outbound = OutboundAudioTrack(
             clock, config.outbound_max_ahead_ms, on_mark_started=self._on_mark_started
         )
-        conversation = Conversation()
-        if config.system_prompt:
-            conversation.system_prompt = config.system_prompt
+        if conversation is None:
+            conversation = Conversation()
+            if config.system_prompt:
+                conversation.system_prompt = config.system_prompt
         self.turns = TurnManager(
             engines.llm,
             engines.tts,
@@ -76,15 +82,25 @@ class Session:
         self.turns.on_mark_started(mark, t)
 
     def _emit(self, event: dict[str, Any]) -> None:
-        if event["type"] == "turn" and self._stats is not None:
-            self._stats.record_turn(
-                event["metrics"], event["interrupted"], len(event["over_budget"])
-            )
+        if self._stats is not None:
+            self._stats.record_event(event)
         self.events.emit(event)
 
     def _on_link(self, stats: LinkStats) -> None:
         self.link = stats
-        self.events.emit(stats.as_event())
+        report = stats.as_event()
+        if self._stats is not None:
+            self._stats.record_link_report(report)
+        self.events.emit(report)
+
+    async def say_goodbye(self, text: str) -> None:
+        """At shutdown: say `text` unless a reply is playing (its `shutdown` event suffices)."""
+        if self.turns.state == State.SPEAKING:
+            return
+        await speak(text, self.outbound, self.engines.tts)
+        self.outbound.end_stream()
+        await self.outbound.wait_drained()
+        self.outbound.forget(MARK)
 
     async def run(self, track: MediaStreamTrack) -> None:
         """Serve the call until the inbound track ends (or the task is cancelled)."""
@@ -94,6 +110,10 @@ class Session:
         opening = asyncio.get_running_loop().create_task(recognizer.open())
         self.events.emit({"type": "hello", "session_id": self.id})
         self.events.emit({"type": "state", "state": str(self.turns.state)})
+        # The chime (or greeting), then `ready`: the caller knows when to start talking.
+        greeting = asyncio.get_running_loop().create_task(
+            play_greeting(self.config.greeting, self.outbound, self.engines.tts, self.events.emit)
+        )
         cfg = self.config
         listener = Listener(
             SpeechDetector(cfg.speech, cfg.endpointer.frame_ms, self.engines.silero),
@@ -105,14 +125,17 @@ class Session:
             transcriber=self.engines.transcriber,
             may_continue=self.turns.may_continue,
         )
-        frames = inbound_frames(track, self.clock, cfg.jitter, on_stats=self._on_link)
+        frames = self.mute.filter(
+            inbound_frames(track, self.clock, cfg.jitter, on_stats=self._on_link)
+        )
         try:
             async with contextlib.aclosing(listener.events(frames)) as events:
                 async for event in events:
                     await self._dispatch(event)
         finally:
             opening.cancel()
-            await asyncio.gather(opening, return_exceptions=True)
+            greeting.cancel()
+            await asyncio.gather(opening, greeting, return_exceptions=True)
             await self.turns.aclose()
             await recognizer.aclose()
             self.outbound.stop()
@@ -133,7 +156,9 @@ class Session:
             case NoiseOnly():
                 await self.turns.on_noise()
             case Final(text, metrics):
-                log.info("[%s] turn %d heard %r", self.id, metrics.turn, text)
+                # What the user said stays out of INFO logs unless asked (--log-transcripts).
+                level = logging.INFO if self.config.log_transcripts else logging.DEBUG
+                log.log(level, "[%s] turn %d heard %r", self.id, metrics.turn, text)
                 # An empty final tells the peer the turn was heard but not understood.
                 self.events.emit({"type": "final", "text": text})
                 await self.turns.on_final(text, metrics)

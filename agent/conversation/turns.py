@@ -13,6 +13,14 @@ reply starts from the final text.
 Barge-in (speech starts while a committed reply is active): the outbound track is cleared at
 once (one-frame fade), the reply task is cancelled and awaited (which closes the TTS, chunker
 and LLM streams), and the history keeps only the part of the reply the user heard.
+
+Engine faults: the LLM gets a short first-token timeout and a longer one between tokens. If
+its first token is slow, a filler ("One moment.") is spoken and the answer follows; if it
+fails before any text, the fallback LLM (when configured) is asked, else a short apology is
+spoken; if it fails mid-reply, the complete sentences already received are kept and a short
+apology ends the reply instead of a cut-off sentence. Every LLM sits behind a circuit breaker
+(agent/engines/breaker.py) whose state changes reach the caller as `engine` events. Error
+events say which engine failed and how, never an engine's own message.
 """
 
 from __future__ import annotations
@@ -31,12 +39,17 @@ from agent.audio import OUT_RATE_HZ, Pcm16
 from agent.clock import Clock
 from agent.conversation.chunker import Chunker, ChunkerConfig
 from agent.conversation.history import Conversation
+from agent.engines.breaker import GuardedLlm, LlmChain
 from agent.engines.interfaces import LLM, TTS, EngineError
 from agent.metrics import DEFAULT_BUDGETS_MS, VALUE_FIELDS, TurnMetrics
 
 log = logging.getLogger(__name__)
 
 FALLBACK_REPLY = "Sorry, I'm having trouble answering right now."
+MID_REPLY_APOLOGY = "Sorry, I lost my train of thought."
+FILLER = "One moment."
+FAULT_PHRASES = (FILLER, FALLBACK_REPLY, MID_REPLY_APOLOGY)  # worth caching as audio
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
 RETRIES = 1  # per engine request, when the engine marks its failure retryable
 
 
@@ -74,12 +87,23 @@ Emit = Callable[[dict[str, Any]], None]
 @dataclass(frozen=True)
 class TurnConfig:
     speculative: bool = True
-    llm_first_token_timeout_s: float = 8.0
-    llm_token_timeout_s: float = 5.0
+    llm_first_token_timeout_s: float = 1.5  # per LLM tried: then the fallback, or an apology
+    llm_token_timeout_s: float = 4.0  # between two tokens once the reply flows
+    llm_filler_after_s: float = 0.5  # no first token by then: say FILLER (<= 0: never)
     max_pending_audio_s: float = 10.0
     continue_heard_s: float = 1.0  # see TurnManager.may_continue
     budgets_ms: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_BUDGETS_MS))
     chunker: ChunkerConfig = field(default_factory=ChunkerConfig)
+
+    def __post_init__(self) -> None:
+        if self.llm_first_token_timeout_s <= 0 or self.llm_token_timeout_s <= 0:
+            raise ValueError("LLM timeouts must be positive")
+
+
+@dataclass(frozen=True)
+class _Say:
+    text: str
+    filler: bool = False  # spoken while waiting; kept out of the history
 
 
 @dataclass
@@ -89,6 +113,7 @@ class _Unit:
     samples: int = 0
     complete: bool = False
     failed: bool = False
+    filler: bool = False
 
 
 def normalize(text: str) -> str:
@@ -112,6 +137,8 @@ class Reply:
         self.units: list[_Unit] = []
         self.committed = asyncio.Event()
         self.stopped = False  # set at barge-in, before the task's cancellation lands
+        self.got_text = False  # the LLM has sent text for this reply
+        self.filler_said = False
         self._m = manager
         self.task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
             self._run(), name=f"reply-{self.id}"
@@ -138,6 +165,10 @@ class Reply:
             played = sink.played_samples(unit.mark)
             if played <= 0:
                 break
+            if unit.filler:
+                if unit.complete and played >= unit.samples:
+                    continue  # heard, but not part of the answer
+                break
             if unit.complete and played >= unit.samples:
                 heard.append(unit.text)
                 continue
@@ -151,7 +182,7 @@ class Reply:
 
     async def _run(self) -> None:
         m, clock = self._m, self._m.clock
-        units: asyncio.Queue[str | None] = asyncio.Queue(maxsize=4)
+        units: asyncio.Queue[_Say | None] = asyncio.Queue(maxsize=4)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._think(units))
             tg.create_task(self._speak(units))
@@ -160,55 +191,149 @@ class Reply:
         await m.sink.wait_drained()
         self.metrics.mark("end", clock.now())
 
-    async def _think(self, units: asyncio.Queue[str | None]) -> None:
-        """LLM deltas → chunker → speakable units."""
+    async def _think(self, units: asyncio.Queue[_Say | None]) -> None:
+        """LLM deltas → chunker → speakable units; the primary LLM, else the fallback, else
+        an apology."""
         m, clock = self._m, self._m.clock
         chunker = Chunker(m.config.chunker)
         self.metrics.mark("llm_started", clock.now())
-        for attempt in range(1 + RETRIES):
-            try:
-                await self._stream_llm(chunker, units)
-                break
-            except (EngineError, TimeoutError) as exc:
-                if _retry(exc, attempt) and self.metrics.llm_first_token is None:
-                    log.info("LLM failed (%s), trying again: %s", m.llm.name, exc)
-                    continue
-                log.warning("LLM failed (%s): %s", m.llm.name, exc)
-                m.emit({"type": "error", "message": f"LLM failed: {exc}"})
-                spoken = chunker.flush()
-                for unit in spoken:
-                    await units.put(unit)
-                if not spoken and not self.units:
-                    await units.put(FALLBACK_REPLY)
-                break
+        after = m.config.llm_filler_after_s
+        filler_at = clock.now() + after if after > 0 else None
+        failure: str | None = "is unavailable"  # what the caller is told if no LLM answers
+        for member in m.llms:
+            if not member.breaker.allow():
+                log.info("%s LLM %s skipped: breaker open", member.role, member.llm.name)
+                continue
+            failure = await self._ask(member, chunker, units, filler_at)
+            m.report_breakers()
+            if failure is None or self.got_text:
+                break  # answered; or failed mid-reply: what was said stands, no second voice
+        if failure is not None:
+            m.report_breakers()
+            await self._apologize(failure, chunker, units)
         await units.put(None)
 
-    async def _stream_llm(self, chunker: Chunker, units: asyncio.Queue[str | None]) -> None:
-        m, clock = self._m, self._m.clock
-        stream = m.llm.complete(m.conversation.messages(self.user_text))
-        async with contextlib.aclosing(stream):
-            async for delta in _with_timeouts(
-                stream,
-                clock,
-                m.config.llm_first_token_timeout_s,
-                m.config.llm_token_timeout_s,
-            ):
-                self.metrics.mark("llm_first_token", clock.now())
-                for unit in chunker.push(delta):
-                    await units.put(unit)
-        self.metrics.mark("llm_complete", clock.now())
-        for unit in chunker.flush():
-            await units.put(unit)
+    async def _apologize(
+        self, failure: str, chunker: Chunker, units: asyncio.Queue[_Say | None]
+    ) -> None:
+        m = self._m
+        m.emit({"type": "error", "engine": "llm", "message": f"the language model {failure}"})
+        if not self.got_text:
+            await units.put(_Say(FALLBACK_REPLY))
+            return
+        for text in chunker.flush():
+            if _SENTENCE_END.search(text.strip()):
+                await units.put(_Say(text))  # a whole sentence: say it; a fragment: drop it
+        await units.put(_Say(MID_REPLY_APOLOGY))
 
-    async def _speak(self, units: asyncio.Queue[str | None]) -> None:
+    async def _ask(
+        self,
+        member: GuardedLlm,
+        chunker: Chunker,
+        units: asyncio.Queue[_Say | None],
+        filler_at: float | None,
+    ) -> str | None:
+        """Stream one LLM's reply; None when it succeeded, else what failed (for the caller).
+        A fast retryable error (not a timeout) before any text is tried once more."""
+        name = f"{member.role} LLM {member.llm.name}"
+        for attempt in range(1 + RETRIES):
+            try:
+                await self._stream_llm(member.llm, chunker, units, filler_at)
+            except asyncio.CancelledError:
+                member.breaker.release()
+                raise
+            except TimeoutError:
+                member.breaker.record_failure()
+                stage = "continuing" if self.got_text else "before its first token"
+                log.warning("%s timed out %s (reply %d)", name, stage, self.id)
+                return "stopped mid-reply" if self.got_text else "timed out"
+            except EngineError as exc:
+                member.breaker.record_failure()
+                if self.got_text:
+                    log.warning("%s failed mid-reply (reply %d): %s", name, self.id, exc)
+                    return "stopped mid-reply"
+                if _retry(exc, attempt) and member.breaker.allow():
+                    log.info("%s failed (%s), trying again", name, exc)
+                    continue
+                log.warning("%s failed (reply %d): %s", name, self.id, exc)
+                return "failed"
+            except Exception:  # an engine bug: still a failure the breaker must see
+                member.breaker.record_failure()
+                log.exception("%s crashed (reply %d)", name, self.id)
+                return "stopped mid-reply" if self.got_text else "failed"
+            else:
+                member.breaker.record_success()
+                return None
+        return "failed"
+
+    async def _stream_llm(
+        self,
+        llm: LLM,
+        chunker: Chunker,
+        units: asyncio.Queue[_Say | None],
+        filler_at: float | None,
+    ) -> None:
+        m, clock, cfg = self._m, self._m.clock, self._m.config
+        stream = llm.complete(m.conversation.messages(self.user_text))
+        first_by = clock.now() + cfg.llm_first_token_timeout_s
+        async with contextlib.aclosing(stream):
+            while True:
+                if self.got_text:
+                    async with clock.timeout(cfg.llm_token_timeout_s):
+                        delta = await anext(stream, None)
+                else:
+                    delta = await self._first_delta(stream, first_by, filler_at, units)
+                if delta is None:
+                    break
+                if not delta:
+                    continue
+                if not self.got_text:
+                    self.got_text = True
+                    self.metrics.mark("llm_first_token", clock.now())
+                for text in chunker.push(delta):
+                    await units.put(_Say(text))
+        self.metrics.mark("llm_complete", clock.now())
+        for text in chunker.flush():
+            await units.put(_Say(text))
+
+    async def _first_delta(
+        self,
+        stream: AsyncIterator[str],
+        first_by: float,
+        filler_at: float | None,
+        units: asyncio.Queue[_Say | None],
+    ) -> str | None:
+        """The next delta before the first-token deadline (TimeoutError after it); says the
+        filler at `filler_at` if the LLM is still silent then."""
+        clock = self._m.clock
+        if filler_at is None or self.filler_said:
+            async with clock.timeout(max(0.0, first_by - clock.now())):
+                return await anext(stream, None)
+        pending: asyncio.Future[str | None] = asyncio.ensure_future(anext(stream, None))
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with clock.timeout(max(0.0, min(filler_at, first_by) - clock.now())):
+                    return await asyncio.shield(pending)
+            if clock.now() < first_by:
+                self.filler_said = True
+                await units.put(_Say(FILLER, filler=True))
+            async with clock.timeout(max(0.0, first_by - clock.now())):
+                return await asyncio.shield(pending)
+        finally:
+            if not pending.done():
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
+
+    async def _speak(self, units: asyncio.Queue[_Say | None]) -> None:
         """Units → TTS → outbound track; holds audio back until the reply is committed."""
         m, clock = self._m, self._m.clock
         index = 0
-        while (text := await units.get()) is not None:
+        while (say := await units.get()) is not None:
             if index > 0:
                 # Speculation spends at most one unit of TTS before the endpoint decides.
                 await self.committed.wait()
-            unit = _Unit((self.id, index), text)
+            text = say.text
+            unit = _Unit((self.id, index), text, filler=say.filler)
             self.units.append(unit)
             index += 1
             self.metrics.mark("tts_started", clock.now())
@@ -222,7 +347,7 @@ class Reply:
                         log.info("TTS failed for unit %r, trying again: %s", text[:40], exc)
                         continue
                     log.warning("TTS failed for unit %r: %s", text[:40], exc)
-                    m.emit({"type": "error", "message": f"TTS failed: {exc}"})
+                    m.emit({"type": "error", "engine": "tts", "message": "speech synthesis failed"})
                     unit.failed = True
                     break
         self.metrics.mark("tts_complete", clock.now())
@@ -253,21 +378,6 @@ def _retry(exc: BaseException, attempt: int) -> bool:
     return isinstance(exc, EngineError) and exc.retryable and attempt < RETRIES
 
 
-async def _with_timeouts(
-    stream: AsyncIterator[str], clock: Clock, first_s: float, next_s: float
-) -> AsyncIterator[str]:
-    timeout = first_s
-    while True:
-        try:
-            async with clock.timeout(timeout):
-                delta = await anext(stream)
-        except StopAsyncIteration:
-            return
-        timeout = next_s
-        if delta:
-            yield delta
-
-
 class TurnManager:
     def __init__(
         self,
@@ -280,6 +390,8 @@ class TurnManager:
         config: TurnConfig | None = None,
     ) -> None:
         self.llm = llm
+        self.llms = (llm if isinstance(llm, LlmChain) else LlmChain.of(llm, clock=clock)).members
+        self._breakers_seen = {member.role: "closed" for member in self.llms}
         self.tts = tts
         self.sink = sink
         self.conversation = conversation
@@ -443,6 +555,14 @@ class TurnManager:
         spec, self._speculative = self._speculative, None
         if spec is not None:
             await _cancel(spec)
+
+    def report_breakers(self) -> None:
+        """Tell the caller about LLM breakers whose state changed since it last heard."""
+        for member in self.llms:
+            state = str(member.breaker.state)
+            if self._breakers_seen.get(member.role) != state:
+                self._breakers_seen[member.role] = state
+                self.emit({"type": "engine", "engine": "llm", "role": member.role, "state": state})
 
     def _set_state(self, state: State) -> None:
         if state != self.state:

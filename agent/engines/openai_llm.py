@@ -30,7 +30,10 @@ class OpenAiLlm:
     (e.g. `http://127.0.0.1:8000/v1`). `timeout_s` is the longest the server may stay silent:
     before the response headers and between any two reads of the stream, not for the whole
     reply, since a long reply that keeps flowing is fine. Failures raise `EngineError`, with
-    `retryable` set for rate limits, server errors, timeouts and connection problems.
+    `retryable` set for rate limits, server errors, timeouts and connection problems. A stream
+    that ends without `[DONE]` and without a `finish_reason` was cut off: that is a failure
+    too, so the caller can say so instead of speaking a truncated sentence. Error messages
+    are for logs (they may name the URL); callers must not pass them on to end users.
     """
 
     name: str = "openai"
@@ -115,6 +118,7 @@ class OpenAiLlm:
                         retryable=False,
                     )
                 parser = SseParser()
+                finished = False
                 async for chunk in resp.content.iter_any():
                     try:
                         events = parser.feed(chunk)
@@ -124,10 +128,16 @@ class OpenAiLlm:
                         if event.data.strip() == "[DONE]":
                             log.debug("stream from %s finished", self.url)
                             return
-                        delta = _parse_chunk(event.event, event.data)
+                        delta, done = _parse_chunk(event.event, event.data)
+                        finished = finished or done
                         if delta:
                             yield delta
-                log.debug("stream from %s ended without [DONE]", self.url)
+                if not finished:
+                    raise EngineError(
+                        f"stream from {self.url} ended before the reply was complete",
+                        retryable=True,
+                    )
+                log.debug("stream from %s ended without [DONE] after finish_reason", self.url)
         except aiohttp.ClientResponseError as exc:
             # Only reached with a caller-supplied session that has raise_for_status set.
             raise _classify_status(exc.status, exc.message, retry_after=None) from exc
@@ -151,8 +161,9 @@ class OpenAiLlm:
             await session.close()
 
 
-def _parse_chunk(event_type: str, data: str) -> str | None:
-    """Return the text delta in one streamed chunk, or None if it carries none."""
+def _parse_chunk(event_type: str, data: str) -> tuple[str | None, bool]:
+    """The text delta in one streamed chunk (None if it carries none), and whether the chunk
+    says the reply is finished (a `finish_reason`)."""
     if event_type == "error":
         raise EngineError(f"server sent an error event: {_excerpt(data)}", retryable=True)
     try:
@@ -168,14 +179,15 @@ def _parse_chunk(event_type: str, data: str) -> str | None:
     choices = chunk.get("choices")
     if not choices:
         # Usage-only and keep-alive chunks carry no choices.
-        return None
+        return None, False
     if not isinstance(choices, list) or not isinstance(choices[0], dict):
         raise EngineError(f"unexpected stream chunk: {_excerpt(data)}")
+    finished = bool(choices[0].get("finish_reason"))
     delta = choices[0].get("delta")
     if not isinstance(delta, dict):
-        return None
+        return None, finished
     content = delta.get("content")
-    return content if isinstance(content, str) else None
+    return (content if isinstance(content, str) else None), finished
 
 
 async def _read_excerpt(resp: aiohttp.ClientResponse) -> str:

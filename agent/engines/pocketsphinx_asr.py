@@ -6,12 +6,19 @@ of audio, which must not run on the event loop, and a Decoder is not thread-safe
 Decoders are pooled by the engine and reused across calls. Loading one takes ~0.3 s and holds
 the GIL, which stalls the event loop — every call's audio — for that long; so the engine
 loads `preload` decoders at start-up and a call only pays for a load when all are in use.
+
+A decoder holds ~100 MB. The pool keeps at most `preload` idle ones: past a load peak the
+extra decoders are freed and the heap trimmed, so RSS returns near its baseline instead of
+staying at the peak (measured by `bench/soak.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
+import ctypes.util
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -52,7 +59,24 @@ class PocketsphinxEngine:
         return await asyncio.get_running_loop().run_in_executor(None, _load_decoder)
 
     def release(self, decoder: Any) -> None:
-        self._free.append(decoder)
+        if len(self._free) < self._preload:
+            self._free.append(decoder)
+            return
+        del decoder  # the last reference: pocketsphinx frees its model copy
+        trim_heap()
+
+
+def trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc keeps them otherwise); no-op elsewhere."""
+    malloc_trim = _malloc_trim()
+    if malloc_trim is not None:
+        malloc_trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
 
 
 class PocketsphinxRecognizer:

@@ -2,9 +2,20 @@
 
 `synthesize(text)` is an async iterator of 48 kHz mono int16 chunks, first chunk as soon as
 the engine has one. The pool keeps N worker processes (agent/engines/tts_worker.py), each with
-its voice loaded once, shared by every session. A request that is abandoned mid-stream
-(barge-in) leaves its worker busy until the rest of its output is drained; a worker that hangs
-or dies is killed and replaced, and the request fails with a retryable EngineError.
+its voice loaded once, shared by every session.
+
+A request abandoned mid-stream (barge-in, a discarded speculative reply) sends the worker a
+cancel, so it stops after the piece of audio it is on, and the pool reads and drops what is
+still in the pipe before the worker serves again. Frames are read so that a cancellation
+landing between a frame's header and its payload loses nothing: the stream never falls out of
+step. A worker that dies, hangs or breaks the protocol is killed and replaced; every restart
+is logged at WARNING with its reason and counted in `restarts` (reason → count), and the
+request fails with a retryable EngineError. Closing the pool kills the workers, closes their
+pipes (unread audio can never hold a pipe open) and reaps them within a bounded wait.
+
+`cache_phrases(texts)` synthesizes a few fixed phrases once (the filler and the apologies the
+turn manager says when an engine fails); asking for one of them later plays the stored audio
+at once, without a worker, so a fault is answered as fast as the end of the turn is found.
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ import json
 import logging
 import struct
 import sys
-from collections.abc import AsyncGenerator, Coroutine
+from collections.abc import AsyncGenerator, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +38,13 @@ from agent.engines.interfaces import EngineError
 
 log = logging.getLogger(__name__)
 
+# Restart reasons, the keys of TtsWorkerPool.restarts.
+DIED = "died"  # the worker exited or closed its pipe
+HUNG = "hung"  # no audio within the (first) chunk timeout while serving a request
+DRAIN_HUNG = "drain_hung"  # an abandoned request did not end within the chunk timeout
+PROTOCOL = "protocol"  # the worker sent a frame it should not have
+REASONS = (DIED, HUNG, DRAIN_HUNG, PROTOCOL)
+
 
 @dataclass(frozen=True)
 class TtsPoolConfig:
@@ -34,11 +52,15 @@ class TtsPoolConfig:
     voice: str | None = None  # piper: path to an .onnx voice; espeak: voice name
     workers: int = 2
     start_timeout_s: float = 60.0
-    first_chunk_timeout_s: float = 5.0
-    chunk_timeout_s: float = 5.0
+    first_chunk_timeout_s: float = 3.0
+    chunk_timeout_s: float = 3.0
     acquire_timeout_s: float = 5.0
+    reap_timeout_s: float = 2.0
 
-
+    def __post_init__(self) -> None:
+        for name in ("first_chunk_timeout_s", "chunk_timeout_s", "reap_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"TTS {name} must be positive")
 
 
 class _Worker:
@@ -47,15 +69,39 @@ class _Worker:
         assert proc.stdin is not None and proc.stdout is not None
         self.stdin = proc.stdin
         self.stdout = proc.stdout
+        self._head: bytes | None = None  # a frame header read whose payload has not arrived
 
     async def read_frame(self) -> tuple[bytes, bytes]:
-        head = await self.stdout.readexactly(5)
-        (size,) = struct.unpack(">I", head[1:])
-        return head[:1], await self.stdout.readexactly(size) if size else b""
+        """The next frame. Safe to cancel at any await: `readexactly` consumes nothing until
+        it has all it asked for, and a header already read is kept for the next call."""
+        if self._head is None:
+            self._head = await self.stdout.readexactly(5)
+        (size,) = struct.unpack(">I", self._head[1:])
+        payload = await self.stdout.readexactly(size) if size else b""
+        kind, self._head = self._head[:1], None
+        return kind, payload
+
+    def send(self, message: dict[str, object]) -> None:
+        self.stdin.write(json.dumps(message).encode() + b"\n")
+
+    def cancel(self) -> None:
+        """Ask the worker to stop the running request (it answers with its `E` soon)."""
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self.send({"cancel": True})
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
+
+    def close_pipes(self) -> None:
+        """Drop our ends of the pipes. `proc.wait()` returns only once every pipe has closed,
+        and a pipe whose reader is paused on unread audio never would; asyncio has no public
+        call for this, hence the transport."""
+        transport = getattr(self.proc, "_transport", None)
+        if isinstance(transport, asyncio.SubprocessTransport):
+            transport.close()
+        else:  # pragma: no cover - asyncio internals changed: at least close stdin
+            self.stdin.close()
 
 
 class TtsWorkerPool:
@@ -67,10 +113,21 @@ class TtsWorkerPool:
         self.config = config
         self._clock = clock or MonotonicClock()
         self.name = config.engine
+        self.restarts: dict[str, int] = dict.fromkeys(REASONS, 0)
+        """Workers killed and replaced, by reason (for metrics)."""
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._all: set[_Worker] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._phrases: dict[str, list[Pcm16]] = {}
+
+    async def cache_phrases(self, texts: Iterable[str]) -> None:
+        """Synthesize `texts` now and keep their audio (a failure leaves a phrase uncached)."""
+        for text in texts:
+            try:
+                self._phrases[text] = [pcm async for pcm in self.synthesize(text)]
+            except EngineError as exc:
+                log.warning("could not cache the phrase %r: %s", text, exc)
 
     async def start(self) -> None:
         workers = await asyncio.gather(*(self._spawn() for _ in range(self.config.workers)))
@@ -93,6 +150,9 @@ class TtsWorkerPool:
         except (TimeoutError, asyncio.IncompleteReadError, EngineError) as exc:
             self._discard(worker)
             raise EngineError(f"{self.config.engine} TTS worker failed to start: {exc!r}") from exc
+        except BaseException:
+            self._discard(worker)
+            raise
         log.info("TTS worker pid=%d ready: %s", proc.pid, payload.decode())
         return worker
 
@@ -109,6 +169,11 @@ class TtsWorkerPool:
         output identical on every call (the harness's reproducible recordings)."""
         if self._closed:
             raise EngineError("TTS pool is closed")
+        cached = self._phrases.get(text)
+        if cached is not None and length_scale is noise_scale is noise_w_scale is None:
+            for pcm in cached:
+                yield pcm.copy()
+            return
         try:
             async with self._clock.timeout(self.config.acquire_timeout_s):
                 worker = await self._idle.get()
@@ -123,12 +188,18 @@ class TtsWorkerPool:
             }
             request: dict[str, object] = {"text": text}
             request.update((k, v) for k, v in options.items() if v is not None)
-            worker.stdin.write(json.dumps(request).encode() + b"\n")
+            worker.send(request)
             await worker.stdin.drain()
             timeout = self.config.first_chunk_timeout_s
             while True:
-                async with self._clock.timeout(timeout):
-                    kind, payload = await worker.read_frame()
+                try:
+                    async with self._clock.timeout(timeout):
+                        kind, payload = await worker.read_frame()
+                except TimeoutError:
+                    outcome = HUNG
+                    raise EngineError(
+                        f"TTS worker sent no audio for {timeout:g}s", retryable=True
+                    ) from None
                 timeout = self.config.chunk_timeout_s
                 if kind == b"A":
                     yield np.frombuffer(payload, np.int16).copy()
@@ -139,20 +210,23 @@ class TtsWorkerPool:
                     outcome = "done"
                     raise EngineError(f"TTS failed for {text[:40]!r}: {payload.decode()}")
                 else:
-                    raise EngineError(f"TTS worker protocol error: {kind!r}")
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
-            outcome = "broken"
-            raise EngineError(f"TTS worker hung or died: {exc!r}", retryable=True) from exc
+                    outcome = PROTOCOL
+                    raise EngineError(f"TTS worker protocol error: {kind!r}", retryable=True)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            outcome = DIED
+            raise EngineError(f"TTS worker died: {exc!r}", retryable=True) from exc
         finally:
             if outcome == "done":
                 self._idle.put_nowait(worker)
-            elif outcome == "broken":
-                self._replace(worker)
-            else:
+            elif outcome == "abandoned":
+                worker.cancel()
                 self._own(self._drain(worker))
+            else:
+                self._replace(worker, outcome)
 
     async def _drain(self, worker: _Worker) -> None:
-        """Read and drop the rest of an abandoned request, then return the worker."""
+        """Read and drop the rest of an abandoned (and cancelled) request, then return the
+        worker; a worker that does not finish it in time is replaced."""
         try:
             while True:
                 async with self._clock.timeout(self.config.chunk_timeout_s):
@@ -160,13 +234,27 @@ class TtsWorkerPool:
                 if kind in (b"E", b"X"):
                     self._idle.put_nowait(worker)
                     return
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            self._replace(worker)
+                if kind != b"A":
+                    self._replace(worker, PROTOCOL)
+                    return
+        except TimeoutError:
+            self._replace(worker, DRAIN_HUNG)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self._replace(worker, DIED)
 
-    def _replace(self, worker: _Worker) -> None:
+    def _replace(self, worker: _Worker, reason: str) -> None:
+        if self._closed:
+            self._discard(worker)
+            return
+        self.restarts[reason] = self.restarts.get(reason, 0) + 1
+        log.warning(
+            "TTS worker pid=%d restarted: %s (restarts so far: %s)",
+            worker.proc.pid,
+            reason,
+            ", ".join(f"{k}={v}" for k, v in self.restarts.items() if v) or "none",
+        )
         self._discard(worker)
-        if not self._closed:
-            self._own(self._respawn())
+        self._own(self._respawn())
 
     async def _respawn(self) -> None:
         try:
@@ -177,7 +265,21 @@ class TtsWorkerPool:
     def _discard(self, worker: _Worker) -> None:
         self._all.discard(worker)
         worker.kill()
-        self._own(_reap(worker))
+        worker.close_pipes()
+        if not self._closed:  # after aclose, which reaped every worker, nothing owns a task
+            self._own(self._reaped(worker))
+
+    async def _reaped(self, worker: _Worker) -> None:
+        """Wait (bounded) until a killed worker, its pipes closed, is gone."""
+        try:
+            async with self._clock.timeout(self.config.reap_timeout_s):
+                await worker.proc.wait()
+        except TimeoutError:
+            log.warning(
+                "TTS worker pid=%d not reaped within %gs",
+                worker.proc.pid,
+                self.config.reap_timeout_s,
+            )
 
     def _own(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a pool chore as a task the pool owns (cancelled and awaited in aclose)."""
@@ -186,21 +288,14 @@ class TtsWorkerPool:
         task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
+        """Stop every worker, busy or not, and reap it; never waits on a pipe that cannot
+        drain, and returns within about `reap_timeout_s`."""
         self._closed = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for worker in list(self._all):
-            worker.stdin.close()
-        for worker in list(self._all):
-            try:
-                async with self._clock.timeout(2.0):
-                    await worker.proc.wait()
-            except TimeoutError:
-                worker.kill()
-                await worker.proc.wait()
-        self._all.clear()
-
-
-async def _reap(worker: _Worker) -> None:
-    await worker.proc.wait()
+        workers, self._all = list(self._all), set()
+        for worker in workers:
+            worker.kill()
+            worker.close_pipes()
+        await asyncio.gather(*(self._reaped(w) for w in workers))

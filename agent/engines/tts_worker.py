@@ -7,7 +7,10 @@ Protocol (one request at a time):
   stdin   one JSON line per request: {"text": "..."}, optionally with piper's synthesis
           options "length_scale" (< 1 faster, > 1 slower), "noise_scale" and "noise_w_scale"
           (0 for both makes the output the same every time); espeak-ng follows only
-          "length_scale", as its speaking rate
+          "length_scale", as its speaking rate.
+          {"cancel": true} while a request runs stops it between two pieces of audio (piper:
+          between sentences), so an abandoned request frees the worker soon; its `E` follows.
+          A cancel that arrives when no request runs is ignored.
   stdout  frames of 1 type byte + 4-byte big-endian length + payload:
           R  ready, payload JSON {"engine", "sample_rate_hz"}  (once, after loading)
           A  audio: 48 kHz mono s16le PCM, streamed as it is synthesized
@@ -17,12 +20,14 @@ Protocol (one request at a time):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -48,6 +53,59 @@ class Options:
             return None if value is None else float(value)
 
         return cls(number("length_scale"), number("noise_scale"), number("noise_w_scale"))
+
+
+class Requests:
+    """Request lines from a pipe, read with os.read so that a running request can look for a
+    cancel without blocking (a buffered `sys.stdin` would hide lines already read)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buf = b""
+        self._lines: list[bytes] = []
+        self._eof = False
+
+    def _fill(self, wait: bool) -> None:
+        if self._eof:
+            return
+        if not wait and not select.select([self.fd], [], [], 0)[0]:
+            return
+        data = os.read(self.fd, 65_536)
+        if not data:
+            self._eof = True
+            if self._buf:
+                self._lines.append(self._buf)
+                self._buf = b""
+            return
+        *lines, self._buf = (self._buf + data).split(b"\n")
+        self._lines.extend(line for line in lines if line.strip())
+
+    def next(self) -> dict[str, Any] | None:
+        """The next request (cancels of finished requests skipped); None at end of input."""
+        while True:
+            while not self._lines and not self._eof:
+                self._fill(wait=True)
+            if not self._lines:
+                return None
+            line = self._lines.pop(0)
+            try:
+                request = json.loads(line)
+            except ValueError:
+                return {"invalid": line.decode(errors="replace")[:80]}
+            if not isinstance(request, dict):
+                return {"invalid": line.decode(errors="replace")[:80]}
+            if not request.get("cancel"):
+                return request
+
+    def cancelled(self) -> bool:
+        """A cancel for the running request has arrived (consumes it)."""
+        self._fill(wait=False)
+        for i, line in enumerate(self._lines):
+            with contextlib.suppress(ValueError, AttributeError):
+                if json.loads(line).get("cancel"):
+                    del self._lines[: i + 1]
+                    return True
+        return False
 
 
 def _frame(out: BinaryIO, kind: bytes, payload: bytes = b"") -> None:
@@ -107,16 +165,45 @@ class EspeakBackend:
             stderr=subprocess.DEVNULL,
         )
         assert proc.stdout is not None
+        finished = False
         try:
             header = proc.stdout.read(44)
             if len(header) < 44:
                 raise RuntimeError("espeak-ng produced no audio")
             while data := proc.stdout.read(4410):
                 yield data[: len(data) // 2 * 2]
+            finished = True
         finally:
             proc.stdout.close()
-            if proc.wait(timeout=5) != 0:
+            if not finished:
+                proc.kill()  # closed early (cancelled): no need to hear the rest
+            if proc.wait(timeout=5) != 0 and finished:
                 raise RuntimeError(f"espeak-ng exited with {proc.returncode}")
+
+
+def _speak(
+    out: BinaryIO, pieces: Iterator[bytes], rate: int, cancelled: Callable[[], bool]
+) -> None:
+    """Stream one request's audio as A frames, stopping early when it is cancelled."""
+    resampler = Resampler(OUT_RATE_HZ)
+    pending = b""
+    try:
+        for pcm in pieces:
+            pending += resampler.push(np.frombuffer(pcm, np.int16), rate).tobytes()
+            while len(pending) >= CHUNK_SAMPLES * 2:
+                if cancelled():
+                    return
+                _frame(out, b"A", pending[: CHUNK_SAMPLES * 2])
+                pending = pending[CHUNK_SAMPLES * 2 :]
+            if cancelled():
+                return
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
+    pending += resampler.flush().tobytes()
+    if pending:
+        _frame(out, b"A", pending)
 
 
 def main() -> int:
@@ -127,20 +214,13 @@ def main() -> int:
     backend = PiperBackend(voice) if engine == "piper" else EspeakBackend(voice)
     _frame(out, b"R", json.dumps({"engine": engine, "sample_rate_hz": OUT_RATE_HZ}).encode())
     rate = backend.sample_rate_hz
-    for line in sys.stdin:
+    requests = Requests(sys.stdin.fileno())
+    while (request := requests.next()) is not None:
         try:
-            request = json.loads(line)
+            if "invalid" in request:
+                raise ValueError(f"not a JSON request: {request['invalid']!r}")
             text, options = str(request["text"]), Options.parse(request)
-            resampler = Resampler(OUT_RATE_HZ)
-            pending = b""
-            for pcm in backend.synthesize(text, options):
-                pending += resampler.push(np.frombuffer(pcm, np.int16), rate).tobytes()
-                while len(pending) >= CHUNK_SAMPLES * 2:
-                    _frame(out, b"A", pending[: CHUNK_SAMPLES * 2])
-                    pending = pending[CHUNK_SAMPLES * 2 :]
-            pending += resampler.flush().tobytes()
-            if pending:
-                _frame(out, b"A", pending)
+            _speak(out, backend.synthesize(text, options), rate, requests.cancelled)
             _frame(out, b"E")
         except Exception as exc:  # report per request; the worker stays usable
             _frame(out, b"X", f"{type(exc).__name__}: {exc}".encode())
