@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -384,14 +385,27 @@ async def run_until_signalled(app: web.Application, config: ServerConfig) -> int
         # closes idle and trickling (slowloris) connections alike.
         keepalive_timeout=IDLE_CONNECTION_S,
     )
-    await runner.setup()  # loads the engines
-    await web.TCPSite(runner, config.host, config.port).start()
-    print(f"ringback: open http://localhost:{config.port} and click Call", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before the engines load: a SIGTERM then
+        loop.add_signal_handler(sig, stop.set)  # is a clean exit too
+    starting = loop.create_task(runner.setup(), name="setup")  # loads the engines
+    stopping = loop.create_task(stop.wait(), name="wait-for-signal")
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        log.info("signal during start-up: stopping")
+        _exit_after(config.shutdown_deadline_s)
+        starting.cancel()
+        await asyncio.wait({starting})
+        stopping.cancel()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(config.shutdown_deadline_s - 0.5):
+                await runner.cleanup()
+        return 0
+    starting.result()  # start-up failed: raise why
+    await web.TCPSite(runner, config.host, config.port).start()
+    print(f"ringback: open http://localhost:{config.port} and click Call", flush=True)
+    await stopping
     log.info("shutting down: %.0f s to end every call", config.shutdown_deadline_s)
     _exit_after(config.shutdown_deadline_s)
     try:

@@ -67,9 +67,13 @@ def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Applicat
     app.cleanup_ctx.append(lifecycle)
 
     async def announce_shutdown(app: web.Application) -> None:
-        if REGISTRY in app and app[REGISTRY].calls:
+        if REGISTRY not in app:
+            return
+        registry = app[REGISTRY]
+        registry.draining = True  # offers still in flight get 503 too
+        if registry.calls:
             # A third of the deadline for the goodbye; the rest ends calls and engines.
-            await app[REGISTRY].announce_shutdown(config.shutdown_deadline_s / 3)
+            await registry.announce_shutdown(config.shutdown_deadline_s / 3)
             await asyncio.sleep(0.2)  # the last audio and the event reach the callers
 
     app.on_shutdown.append(announce_shutdown)

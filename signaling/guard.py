@@ -113,10 +113,10 @@ def middlewares(config: ServerConfig) -> list[Middleware]:
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             return json_error(exc.status, exc.reason or "error", headers=headers)
         except ConnectionResetError:
-            log.info("client went away during %s %s", request.method, request.path)
+            log.info("client went away during %s %s", request.method, mask_secrets(request.path))
             return json_error(400, "connection lost")  # nobody left to read it
         except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.path)
+            log.exception("unhandled error on %s %s", request.method, mask_secrets(request.path))
             return json_error(500, "internal error (logged on the server)")
 
     # Outermost first: CORS headers go on every answer, errors included.
@@ -143,11 +143,16 @@ def expect_handler(max_body_bytes: int) -> Callable[[web.Request], Awaitable[Non
 _SECRET_PATH = re.compile(r"^(/whip/[^/?]+/)[^/?]+")
 
 
+def mask_secrets(path: str) -> str:
+    """A request path fit for a log line: a WHIP resource's secret masked."""
+    return _SECRET_PATH.sub(r"\1…", path)
+
+
 class AccessLogger(AbstractAccessLogger):
     """One line per request, with WHIP resource secrets masked."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        path = _SECRET_PATH.sub(r"\1…", request.path)
+        path = mask_secrets(request.path)
         self.logger.info(
             '%s "%s %s" %d %.1f ms',
             request.remote,

@@ -142,7 +142,10 @@ async def parse_whip_offer(request: web.Request) -> RTCSessionDescription:
 def client_address(request: web.Request, trust_forwarded: bool) -> str:
     """The caller's IP: the peer's address, or the nearest X-Forwarded-For hop behind a proxy."""
     if trust_forwarded:
-        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+        # The last hop is the one our own proxy appended; anything before it came from the
+        # client (every X-Forwarded-For line counts: a client may send its own).
+        chain = ",".join(request.headers.getall("X-Forwarded-For", []))
+        hops = [h.strip() for h in chain.split(",")]
         if hops[-1]:
             return hops[-1]
     return request.remote or "unknown"

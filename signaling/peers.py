@@ -81,6 +81,7 @@ class Call:
     closing: bool = False
     end_reason: str = "ended"
     resumed: bool = False
+    taken_over: bool = False  # a resume moved its conversation to a new call: never park it
 
     def end(self, reason: str) -> None:
         """Ask the call to end (idempotent): the first reason given is the one logged."""
@@ -126,10 +127,11 @@ class CallRegistry:
             config.max_pending_per_client,
         )
         self._parked: dict[str, _Parked] = {}
+        self._opening = 0  # offers being answered right now: they hold a slot too
 
     @property
     def full(self) -> bool:
-        return len(self.calls) >= self.config.max_sessions
+        return len(self.calls) + self._opening >= self.config.max_sessions
 
     def _rtc_configuration(self) -> RTCConfiguration:
         servers = [
@@ -146,24 +148,33 @@ class CallRegistry:
         if self.full and self.admission.pending == 0:
             raise CapacityError
 
-    def _take_over(self, resume: Resume | None) -> Conversation | None:
-        """The conversation of the call `resume` names, if its secret matches (else None)."""
-        if resume is None:
-            return None
+    def _purge_parked(self) -> None:
         now = self.clock.now()
         for call_id in [i for i, p in self._parked.items() if p.expires_at <= now]:
             del self._parked[call_id]
+
+    def _resumable(self, resume: Resume | None) -> Conversation | None:
+        """The conversation `resume` names if its secret matches, else None (nothing taken
+        yet: see `_take_over`)."""
+        if resume is None:
+            return None
+        self._purge_parked()
         parked = self._parked.get(resume.session_id)
         if parked is not None and _secret_matches(parked.secret, resume.secret):
-            del self._parked[resume.session_id]
             return parked.conversation
         live = self.calls.get(resume.session_id)
-        if live is not None and _secret_matches(live.secret, resume.secret):
-            live.end("resumed")  # the old connection is dead to its user: replace it
-            self.calls.pop(live.id, None)
-            self.admission.done_pending(live.id)
+        if live is not None and not live.taken_over and _secret_matches(live.secret, resume.secret):
             return live.session.turns.conversation
         return None
+
+    def _take_over(self, session_id: str) -> None:
+        """The resumed call's answer is out: retire the parked or live call it continues."""
+        self._parked.pop(session_id, None)
+        live = self.calls.pop(session_id, None)
+        if live is not None:
+            live.taken_over = True
+            live.end("resumed")  # the old connection is dead to its user: replace it
+            self.admission.done_pending(live.id)
 
     async def open(
         self, offer: RTCSessionDescription, client: str, resume: Resume | None = None
@@ -173,40 +184,50 @@ class CallRegistry:
         Raises CapacityError or OfferRejected. With `resume`, a parked or live call whose id
         and secret match is continued (`call.resumed`); otherwise a new call starts.
         """
-        conversation = self._take_over(resume)
-        if self.full and not self._evict_oldest_pending():
+        conversation = self._resumable(resume)
+        resuming = conversation is not None and resume is not None
+        replacing = resume is not None and resuming and resume.session_id in self.calls
+        if self.full and not replacing and not self._evict_oldest_pending():
             raise CapacityError
-        if conversation is not None and resume is not None:
-            call_id = resume.session_id
+        if resume is not None and resuming:
+            # The same id and secret: a page whose attempt failed can simply try again.
+            call_id, secret = resume.session_id, resume.secret
         else:
             call_id = self.config.session_id_prefix + secrets.token_urlsafe(9)
+            secret = secrets.token_urlsafe(18)
         pc = RTCPeerConnection(self._rtc_configuration())
         session = Session(
             call_id, self.config.agent, self.engines, self.clock, self.stats, conversation
         )
         call = Call(
             call_id,
-            secrets.token_urlsafe(18),
+            secret,
             client,
             pc,
             session,
             asyncio.get_running_loop().create_future(),
             resumed=conversation is not None,
         )
-        self.calls[call_id] = call
         self._wire(call)
+        self._opening += 1
         try:
             await pc.setRemoteDescription(offer)
             pc.addTrack(session.outbound)
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
+            if self.draining:
+                raise ShuttingDown
         except BaseException as exc:
-            self.calls.pop(call_id, None)
             await _close_pc(pc, call_id)
-            if isinstance(exc, Exception):
+            if isinstance(exc, Exception) and not isinstance(exc, ShuttingDown):
                 # aiortc raises ValueError, AttributeError, ... for SDP it cannot use.
                 raise OfferRejected(f"{type(exc).__name__}: {exc}") from exc
             raise
+        finally:
+            self._opening -= 1
+        if resuming:
+            self._take_over(call_id)
+        self.calls[call_id] = call
         for evicted in self.admission.add_pending(call_id, client):
             self._end_pending(evicted)
         call.task = asyncio.get_running_loop().create_task(
@@ -300,7 +321,11 @@ class CallRegistry:
             with contextlib.suppress(Exception):
                 await call.blackhole.stop()
             await _close_pc(call.pc, call.id)
-            if call.end_reason in RESUMABLE_ENDS and self.config.resume_grace_s > 0:
+            self._purge_parked()
+            dropped = call.end_reason in RESUMABLE_ENDS or (
+                call.resumed and call.end_reason in ("never connected", "evicted")
+            )
+            if dropped and not call.taken_over and self.config.resume_grace_s > 0:
                 self._parked[call.id] = _Parked(
                     call.secret,
                     call.session.turns.conversation,
@@ -333,8 +358,11 @@ class CallRegistry:
                 session.result()  # raises what the session raised
                 call.end_reason = "caller hung up"  # the inbound track ended
         finally:
+            call.closing = True  # from here on it is ending: later end() calls are no-ops
             session.cancel()
-            await asyncio.gather(session, return_exceptions=True)
+            await asyncio.wait({session})  # unlike gather, a cancel of ours won't reach it
+            if not session.cancelled() and session.exception() is not None:
+                log.debug("[%s] session ended with %r", call.id, session.exception())
 
     def authorized(self, call_id: str, secret: str) -> Call | None:
         call = self.calls.get(call_id)
@@ -348,7 +376,7 @@ class CallRegistry:
             return False
         self._parked.pop(call_id, None)
         call.end("hung up")
-        await asyncio.gather(call.task, return_exceptions=True)
+        await asyncio.wait({call.task})  # a cancelled request must not cut the cleanup short
         return True
 
     async def announce_shutdown(self, within_s: float) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,8 +39,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from signaling.agent_check import serve_agent_check
 from signaling.config import ServerConfig
+from signaling.guard import mask_secrets
 
 log = logging.getLogger(__name__)
+BODY_TIMEOUT_S = 5.0  # as signaling/offer.py
 
 WORKER_RE = re.compile(r"^w(\d+)\.")
 OWNED_PATH_RE = re.compile(r"^/(?:session|sessions|whip)/([^/]+)")
@@ -243,8 +246,10 @@ class Supervisor:
             return self.owner(owned.group(1)), False
         if request.method == "POST" and request.path == "/offer":
             resume = _resume_id(body)
-            if resume is not None:
-                return self.owner(resume), False
+            owner = self.owner(resume) if resume is not None else None
+            if owner is not None:
+                return owner, False
+            # A new call, or a resume whose worker is gone (it then starts a fresh call).
             return self.least_loaded(), True
         if request.method == "POST" and request.path == "/whip":
             return self.least_loaded(), True
@@ -252,17 +257,28 @@ class Supervisor:
         return (live[0] if live else None), False
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                body = await request.read()
+        except TimeoutError:
+            return web.json_response({"error": "the body did not arrive in time"}, status=408)
         worker, new_call = self.route(request, body)
         if worker is None:
             return web.json_response({"error": "no such session or no worker available"},
                                      status=404 if OWNED_PATH_RE.match(request.path) else 503,
                                      headers={"Retry-After": "2"})  # fmt: skip
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        # The worker counts offers per client by the last X-Forwarded-For hop.
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        if not (self.trust_forwarded and forwarded):
-            headers["X-Forwarded-For"] = request.remote or "unknown"
+        headers = CIMultiDict(
+            (k, v)
+            for k, v in request.headers.items()
+            if k.lower() not in HOP_BY_HOP and k.lower() != "x-forwarded-for"
+        )
+        # The worker counts offers per client by the last X-Forwarded-For hop: the client as
+        # this front saw it, or — behind a trusted proxy — the hop that proxy appended. A
+        # client's own X-Forwarded-For (in any spelling) never reaches the worker otherwise.
+        chain = ", ".join(request.headers.getall("X-Forwarded-For", []))
+        headers["X-Forwarded-For"] = (
+            chain if self.trust_forwarded and chain else request.remote or "unknown"
+        )
         if new_call:
             worker.inflight += 1
         assert self.http is not None
@@ -276,7 +292,7 @@ class Supervisor:
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("worker %d did not answer %s %s: %s", worker.index, request.method,
-                        request.path, exc)  # fmt: skip
+                        mask_secrets(request.path), exc)  # fmt: skip
             return web.json_response({"error": "worker unavailable"}, status=502)
         finally:
             if new_call:

@@ -503,6 +503,7 @@ async function reconnect(c, reason) {
         hangUp(e.message, { failed: true, title: 'Disconnected' });
         return;
       }
+      if (e instanceof CallError && e.retryAfterMs > 0) await sleep(e.retryAfterMs);
     }
   }
 }

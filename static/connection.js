@@ -3,8 +3,9 @@
 //
 // The server does not trickle ICE, so the offer is sent once gathering is complete.
 // Resume: with {resume: {session_id, session_secret}} the offer asks the server to continue
-// that session; a 200 with the same session_id means it did, anything else (another id, 404,
-// 410) means the page goes on as a fresh call.
+// that session; the server answers 200 either way, with `resumed: true` and the same
+// session_id if it did, or a new session (the old one is gone) that the page goes on with
+// as a fresh call. (A 404/410 from another server is treated like the latter.)
 // Death: no pong for HEARTBEAT_DEAD_MS (once the agent has answered one ping), ICE 'failed',
 // 'disconnected' for DISCONNECT_GRACE_MS, or the data channel closing while /healthz does not
 // answer. A data channel that closes while the server is up is the agent hanging up.
@@ -15,12 +16,14 @@ const HEARTBEAT_EVERY_MS = 400;
 const HEARTBEAT_DEAD_MS = 1200; // a pong takes ~2 ms on a LAN; a busy agent answers in < 0.3 s
 const DISCONNECT_GRACE_MS = 1000;
 const HEALTH_TIMEOUT_MS = 1000;
+const OFFER_TIMEOUT_MS = 10000; // a half-open connection must not stall the reconnect loop
 
 export class CallError extends Error {
-  constructor(message, { status = null, retry = false } = {}) {
+  constructor(message, { status = null, retry = false, retryAfterMs = 0 } = {}) {
     super(message);
     this.status = status;
     this.retry = retry; // worth trying again (server unreachable, busy, restarting)
+    this.retryAfterMs = retryAfterMs; // the server's Retry-After, when it gave one
   }
 }
 
@@ -93,7 +96,7 @@ export class Connection {
     if (this.closed) throw new CallError('cancelled');
     this.sessionId = answer.session_id ?? null;
     this.secret = answer.session_secret ?? null;
-    const resumed = Boolean(resume && answer.session_id === resume.session_id);
+    const resumed = Boolean(resume && (answer.resumed ?? answer.session_id === resume.session_id));
     await pc.setRemoteDescription({ type: answer.type || 'answer', sdp: answer.sdp });
     let timer;
     const timeout = new Promise((_, reject) => {
@@ -120,6 +123,7 @@ export class Connection {
         method: 'POST',
         headers: { 'Content-Type': 'application/json', ...authHeaders(this.token) },
         body: JSON.stringify(body),
+        signal: AbortSignal.timeout(OFFER_TIMEOUT_MS),
       });
     } catch (e) {
       throw new CallError(`Cannot reach the server (${e.message}).`, { retry: true });
@@ -129,10 +133,12 @@ export class Connection {
       this.h.log(`session ${resume.session_id} is gone (HTTP ${res.status}): starting a new one`);
       return this.postOffer(desc, null);
     }
-    if (res.status === 503) {
+    if (res.status === 503 || res.status === 429) {
+      // Busy, restarting, or too many attempts from this address: all pass; wait as told.
       const secs = Number.parseInt(res.headers.get('Retry-After') ?? '', 10);
       const when = Number.isFinite(secs) ? `in ${Math.max(secs, 0)} s` : 'later';
-      throw new CallError(`The agent is busy; try again ${when}.`, { status: 503, retry: true });
+      throw new CallError(`The agent is busy; try again ${when}.`,
+        { status: res.status, retry: true, retryAfterMs: Number.isFinite(secs) ? secs * 1000 : 0 });
     }
     if (res.status === 401 || res.status === 403) {
       throw new CallError('The server refused this page (check the ?token= in the address).',

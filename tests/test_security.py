@@ -441,6 +441,8 @@ async def test_resume_continues_the_conversation(server: Server, speech: dict[st
         # The caller's network changed: a new peer connection presents the secret.
         await second.connect(resume=(first.session_id, first.session_secret))
         assert second.session_id == first.session_id
+        # The secret stays: a page whose resume attempt fails can present it again.
+        assert second.session_secret == first.session_secret
         resumed = await second.wait_event(lambda d: d.get("type") == "resumed", 0.0, 5)
         assert resumed is not None and resumed.data["history_turns"] == 1, second.events
         assert await wait_until(lambda: peer_gone(first), 10), "the old connection stayed up"
@@ -531,3 +533,22 @@ async def test_authentication_cors_and_whip_options(tmp_path: Path) -> None:
 # --- finding 1: SIGTERM mid-reply ---------------------------------------------------------------
 
 SIGTERM_TRIALS = int(os.environ.get("RINGBACK_SIGTERM_TRIALS", "5"))
+
+
+def test_the_client_ip_is_the_hop_our_proxy_appended() -> None:
+    """Behind a trusted proxy the last X-Forwarded-For hop counts, over every header line: a
+    client's own header (sent first) cannot buy it a fresh rate-limit bucket."""
+    from aiohttp.test_utils import make_mocked_request
+    from multidict import CIMultiDict
+
+    from signaling.offer import client_address
+
+    spoofed = CIMultiDict([("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "203.0.113.7")])
+    request = make_mocked_request("POST", "/offer", headers=spoofed)
+    assert client_address(request, trust_forwarded=True) == "203.0.113.7"
+    chained = CIMultiDict([("X-Forwarded-For", "6.6.6.6, 203.0.113.8")])
+    assert client_address(make_mocked_request("POST", "/offer", headers=chained), True) == (
+        "203.0.113.8"
+    )
+    # Not trusted: the header is ignored altogether.
+    assert client_address(request, trust_forwarded=False) != "203.0.113.7"

@@ -257,10 +257,17 @@ class TtsWorkerPool:
         self._own(self._respawn())
 
     async def _respawn(self) -> None:
-        try:
-            self._idle.put_nowait(await self._spawn())
-        except EngineError:
-            log.exception("could not replace a TTS worker")
+        """Start a replacement, retrying with backoff: a failed start must not shrink the
+        pool for good (every synthesize would then wait for a worker that never comes)."""
+        delay_s = 0.5
+        while not self._closed:
+            try:
+                self._idle.put_nowait(await self._spawn())
+                return
+            except EngineError:
+                log.exception("could not replace a TTS worker: retrying in %.1f s", delay_s)
+            await self._clock.sleep(delay_s)
+            delay_s = min(delay_s * 2, 30.0)
 
     def _discard(self, worker: _Worker) -> None:
         self._all.discard(worker)
