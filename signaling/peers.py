@@ -79,6 +79,7 @@ class Call:
     blackhole: MediaBlackhole = field(default_factory=MediaBlackhole)
     task: asyncio.Task[None] | None = None
     closing: bool = False
+    end_requested: bool = False  # end() cancelled the task: that cancellation is ours
     end_reason: str = "ended"
     resumed: bool = False
     taken_over: bool = False  # a resume moved its conversation to a new call: never park it
@@ -88,6 +89,7 @@ class Call:
         if self.task is not None and not self.task.done() and not self.closing:
             self.end_reason = reason
             self.closing = True
+            self.end_requested = True
             self.task.cancel()
 
 
@@ -308,7 +310,7 @@ class CallRegistry:
             except TimeoutError:
                 call.end_reason = "max duration"
         except asyncio.CancelledError:
-            if not call.closing:  # cancelled from outside (shutdown): not an end we asked for
+            if not call.end_requested:  # cancelled from outside: not an end we asked for
                 raise
         except Exception:
             call.end_reason = "error"
