@@ -42,7 +42,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.metrics import percentile
-from harness.server import ROOT, free_port, run_server
+from harness.server import ROOT, free_port, run_server, stop_process
 
 V2V_LIMIT_MS = 1200.0
 LOOP_LAG_LIMIT_MS = 50.0
@@ -364,12 +364,7 @@ def echo_server(work: Path) -> Iterator[tuple[str, int]]:
                 time.sleep(0.2)
         yield url, proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 

@@ -59,8 +59,11 @@ def write_wav(path: Path, pcm: Pcm16, rate_hz: int = OUT_RATE_HZ) -> None:
 
 
 @contextlib.asynccontextmanager
-async def synthesizer(engine: str = "piper") -> AsyncIterator[TtsWorkerPool]:
-    pool = TtsWorkerPool(TtsPoolConfig(engine=engine, workers=1))
+async def synthesizer(
+    engine: str = "piper", config: TtsPoolConfig | None = None
+) -> AsyncIterator[TtsWorkerPool]:
+    """A started TTS pool (one `engine` worker unless `config` says otherwise), closed after."""
+    pool = TtsWorkerPool(config or TtsPoolConfig(engine=engine, workers=1))
     await pool.start()
     try:
         yield pool

@@ -31,6 +31,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PROTECTED = ("/offer", "/whip", "/sessions", "/metrics")
 SESSION_HEADER = "X-Session-Secret"
+BODY_TIMEOUT_S = 5.0  # a request body must have arrived by then (408)
 ALLOW_HEADERS = f"Content-Type, Authorization, {SESSION_HEADER}"
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from signaling.guard import json_error
 from signaling.peers import Call, CallRegistry
 
 RegistryOf = Callable[[web.Request], CallRegistry]
@@ -37,7 +38,7 @@ def routes(registry_of: RegistryOf) -> list[web.RouteDef]:
     async def one_session(request: web.Request) -> web.Response:
         call = registry_of(request).calls.get(request.match_info["session_id"])
         if call is None:
-            return web.json_response({"error": "no such session"}, status=404)
+            return json_error(404, "no such session")
         return web.json_response(session_info(call))
 
     return [

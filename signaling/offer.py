@@ -25,7 +25,7 @@ from aiortc import RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
 from signaling.admission import Refused
-from signaling.guard import json_error
+from signaling.guard import BODY_TIMEOUT_S, json_error
 from signaling.peers import (
     Call,
     CallRegistry,
@@ -37,7 +37,6 @@ from signaling.peers import (
 
 log = logging.getLogger(__name__)
 
-BODY_TIMEOUT_S = 5.0
 SUPPORTED_AUDIO_CODECS = frozenset({"opus", "pcmu", "pcma", "g722"})
 
 

@@ -39,10 +39,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from signaling.agent_check import serve_agent_check
 from signaling.config import ServerConfig
-from signaling.guard import mask_secrets
+from signaling.guard import BODY_TIMEOUT_S, json_error, mask_secrets
 
 log = logging.getLogger(__name__)
-BODY_TIMEOUT_S = 5.0  # as signaling/offer.py
 
 WORKER_RE = re.compile(r"^w(\d+)\.")
 OWNED_PATH_RE = re.compile(r"^/(?:session|sessions|whip)/([^/]+)")
@@ -261,12 +260,12 @@ class Supervisor:
             async with asyncio.timeout(BODY_TIMEOUT_S):
                 body = await request.read()
         except TimeoutError:
-            return web.json_response({"error": "the body did not arrive in time"}, status=408)
+            return json_error(408, f"the body did not arrive within {BODY_TIMEOUT_S:.0f} s")
         worker, new_call = self.route(request, body)
         if worker is None:
-            return web.json_response({"error": "no such session or no worker available"},
-                                     status=404 if OWNED_PATH_RE.match(request.path) else 503,
-                                     headers={"Retry-After": "2"})  # fmt: skip
+            return json_error(404 if OWNED_PATH_RE.match(request.path) else 503,
+                              "no such session or no worker available",
+                              headers={"Retry-After": "2"})  # fmt: skip
         headers = CIMultiDict(
             (k, v)
             for k, v in request.headers.items()
@@ -293,7 +292,7 @@ class Supervisor:
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("worker %d did not answer %s %s: %s", worker.index, request.method,
                         mask_secrets(request.path), exc)  # fmt: skip
-            return web.json_response({"error": "worker unavailable"}, status=502)
+            return json_error(502, "worker unavailable")
         finally:
             if new_call:
                 worker.inflight -= 1

@@ -21,6 +21,7 @@ from agent.conversation.history import Conversation
 from agent.conversation.turns import TurnManager
 from agent.engines.tts_pool import TtsPoolConfig, TtsWorkerPool
 from agent.metrics import TurnMetrics
+from harness.speech import synthesizer
 from tests.test_turns import ScriptedLlm
 
 REPLY = (
@@ -69,12 +70,8 @@ async def pool() -> AsyncIterator[TtsWorkerPool]:
         chunk_timeout_s=CHUNK_TIMEOUT_S,
         acquire_timeout_s=30,
     )
-    p = TtsWorkerPool(config)
-    await p.start()
-    try:
+    async with synthesizer(config=config) as p:
         yield p
-    finally:
-        await p.aclose()
 
 
 def busy_pid(pool: TtsWorkerPool) -> int:

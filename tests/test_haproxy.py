@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from harness.peer import Caller
-from harness.server import ROOT, Server, free_port, run_server
+from harness.server import ROOT, Server, free_port, run_server, stop_process
 
 pytestmark = [
     pytest.mark.e2e,
@@ -87,12 +87,7 @@ def haproxy(
             time.sleep(0.2)
         yield f"http://127.0.0.1:{port}", sock
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from agent.engines.interfaces import EngineError
 from agent.engines.tts_pool import TtsPoolConfig, TtsWorkerPool
+from harness.speech import synthesizer
 
 
 async def collect(pool: TtsWorkerPool, text: str) -> np.ndarray:
@@ -30,12 +31,8 @@ async def pool() -> AsyncIterator[TtsWorkerPool]:
     config = TtsPoolConfig(
         workers=1, first_chunk_timeout_s=2, chunk_timeout_s=2, acquire_timeout_s=30
     )
-    p = TtsWorkerPool(config)
-    await p.start()
-    try:
+    async with synthesizer(config=config) as p:
         yield p
-    finally:
-        await p.aclose()
 
 
 def worker_pid(pool: TtsWorkerPool) -> int:
