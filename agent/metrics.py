@@ -4,6 +4,8 @@ All stage times are measured from `speech_end` (end of the user's last voiced fr
 server received it), so the numbers add up the way a listener experiences them. A reply that
 was started speculatively can show `llm_first_token_ms` smaller than `eou_delay_ms`: that is
 the overlap speculation buys.
+
+`breakdown()` puts a turn's stage times on one log line (a slow turn logs it once).
 """
 
 from __future__ import annotations
@@ -36,6 +38,26 @@ DEFAULT_BUDGETS_MS: dict[str, float] = {
     "time_to_first_audio_ms": 1600,
 }
 
+
+# The order a slow turn's breakdown lists the stages in: the path to the first audio first.
+BREAKDOWN_STAGES = (
+    "eou_delay_ms",
+    "asr_complete_ms",
+    "llm_first_token_ms",
+    "tts_first_chunk_ms",
+    "time_to_first_audio_ms",
+    "llm_complete_ms",
+    "tts_complete_ms",
+    "total_ms",
+)
+# Waits inside a turn, (name, from mark, to mark): the LLM's and the TTS's own time to
+# respond, then how long the first audio waited to be played (held until the turn was
+# committed, behind other audio).
+WAITS = (
+    ("llm_wait_ms", "llm_started", "llm_first_token"),
+    ("tts_wait_ms", "tts_started", "tts_first_chunk"),
+    ("playout_wait_ms", "tts_first_chunk", "first_audio_out"),
+)
 
 VALUE_FIELDS = (
     "turn",
@@ -99,6 +121,30 @@ class TurnMetrics:
         if self.speech_start is not None and self.speech_end is not None:
             out["speech_ms"] = round((self.speech_end - self.speech_start) * 1000, 1)
         return out
+
+    def voice_to_voice_ms(self) -> float | None:
+        """End of speech → first reply audio sent: the server's share of voice-to-voice."""
+        return self._rel_ms(self.first_audio_out)
+
+    def breakdown(self) -> str:
+        """The stage times on one line, `name=ms` (stages not reached are left out): stage
+        ends after the end of speech; then the waits inside the turn, the ASR pool's wait and
+        pass, the end-of-turn silence. No words: transcripts stay out of INFO logs."""
+        rel = {stage: self._rel_ms(getattr(self, STAGES[stage])) for stage in BREAKDOWN_STAGES}
+        stages = [f"{stage}={ms:.0f}" for stage, ms in rel.items() if ms is not None]
+        extra = []
+        for name, start, end in WAITS:
+            t0, t1 = getattr(self, start), getattr(self, end)
+            if t0 is not None and t1 is not None:
+                extra.append(f"{name}={(t1 - t0) * 1000:.0f}")
+        for name in ("asr_queue_wait_ms", "asr_pass_ms", "eou_silence_ms"):
+            value = getattr(self, name)
+            if value is not None:
+                extra.append(f"{name}={value:.0f}")
+        if self.completeness is not None:
+            extra.append(f"completeness={self.completeness}")
+        extra.append(f"speculative={'yes' if self.speculative else 'no'}")
+        return " ".join(stages) + "; " + " ".join(extra)
 
     def overruns(self, budgets_ms: Mapping[str, float]) -> list[tuple[str, float, float]]:
         """(stage, measured ms, budget ms) for every stage over its budget."""

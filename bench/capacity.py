@@ -278,7 +278,7 @@ def over_limit(step: dict[str, Any]) -> list[str]:
 def start_profile(pid: int, out: Path) -> subprocess.Popen[bytes]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     return subprocess.Popen(
-        [spy, "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
+        [spy, "record", "--pid", str(pid), "--gil", "--nonblocking",
          "--format", "raw", "--output", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

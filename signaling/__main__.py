@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from agent.call import logctx
 from agent.call.config import ASR_MODES, AgentConfig
 from agent.call.engines import LLM_ENGINES, TTS_ENGINES
 from agent.conversation.completeness import TurnEndConfig
@@ -26,6 +27,7 @@ from agent.conversation.listener import ListenerConfig
 from agent.conversation.speech_detector import DETECTORS, SpeechDetectorConfig
 from agent.conversation.turns import TurnConfig
 from agent.engines.breaker import BreakerConfig
+from agent.engines.pocketsphinx_asr import AsrPoolConfig
 from agent.engines.tts_pool import TtsPoolConfig
 from agent.engines.whisper_pool import WhisperConfig
 from agent.media.opus import OpusSendConfig
@@ -187,6 +189,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         _choice(ASR_MODES),
         "hybrid: pocketsphinx captions + whisper tiny.en final pass | pocketsphinx only",
     )
+    arg(
+        "--asr-workers",
+        AsrPoolConfig().processes,
+        int,
+        "pocketsphinx worker processes shared by all calls (default: one per core)",
+    )
     arg("--whisper-workers", w.workers, int, "whisper passes that run at once (all calls)")
     arg("--whisper-threads", w.cpu_threads, int, "CPU threads per whisper pass")
     arg(
@@ -239,6 +247,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "latency budgets, e.g. time_to_first_audio_ms=800,llm_first_token_ms=500",
     )
     arg(
+        "--slow-turn-ms",
+        tc.slow_turn_ms,
+        float,
+        "a turn slower than this (end of speech to first audio) logs its stage times (0: off)",
+    )
+    arg(
         "--receive-path",
         "ringback",
         _choice(("ringback", "aiortc")),
@@ -286,6 +300,7 @@ def server_config(a: argparse.Namespace) -> ServerConfig:
             talker_margin_db=a.talker_margin_db,
         ),
         asr=a.asr,
+        asr_pool=AsrPoolConfig(processes=a.asr_workers),
         whisper=WhisperConfig(workers=a.whisper_workers, cpu_threads=a.whisper_threads),
         listener=ListenerConfig(
             turn_end=TurnEndConfig(
@@ -305,6 +320,7 @@ def server_config(a: argparse.Namespace) -> ServerConfig:
             llm_first_token_timeout_s=a.llm_first_token_timeout_s,
             llm_token_timeout_s=a.llm_token_timeout_s,
             llm_filler_after_s=a.llm_filler_after_s,
+            slow_turn_ms=a.slow_turn_ms,
         ),
         llm_engine=a.llm,
         llm_fallback=a.llm_fallback_url or None,
@@ -451,10 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_call_args(p_call)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # Every line names its call (`[session id]`, "-" outside one): workers run this too.
+    logctx.configure(getattr(args, "log_level", "INFO"))
     logging.getLogger("aioice").setLevel(logging.WARNING)
     if args.command == "serve":
         raw = list(argv) if argv is not None else sys.argv[1:]

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from agent.call import logctx
 from agent.call.engines import Engines
 from agent.call.loop_lag import LoopLagMonitor
 from agent.call.stats import ServerStats
@@ -25,10 +26,9 @@ log = logging.getLogger(__name__)
 CONFIG = web.AppKey("config", ServerConfig)
 REGISTRY = web.AppKey("registry", CallRegistry)
 
+
 def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Application:
-    patches.install(
-        config.agent.receive_path, config.agent.opus_send, config.ice_host_addresses
-    )
+    patches.install(config.agent.receive_path, config.agent.opus_send, config.ice_host_addresses)
     guard.install_log_filters()
     app = web.Application(
         client_max_size=config.max_body_bytes, middlewares=guard.middlewares(config)
@@ -87,7 +87,9 @@ def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Applicat
     async def hang_up(request: web.Request) -> web.Response:
         """DELETE /session/{id} with X-Session-Secret, or the WHIP resource URL."""
         secret = request.match_info.get("secret") or request.headers.get(SESSION_HEADER) or ""
-        if await request.app[REGISTRY].hang_up(request.match_info["session_id"], secret):
+        session_id = request.match_info["session_id"]
+        if await request.app[REGISTRY].hang_up(session_id, secret):
+            logctx.bind(session_id)  # its access log line names the call (only if it was one)
             return web.json_response({"status": "hung up"})
         # Unknown id and wrong secret look the same: an id alone reveals nothing.
         return json_error(404, "no such session (or not yours)")

@@ -24,6 +24,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from aiortc import RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
+from agent.call import logctx
 from signaling.admission import Refused
 from signaling.guard import BODY_TIMEOUT_S, json_error
 from signaling.peers import (
@@ -225,4 +226,5 @@ async def _negotiate(
     except OfferRejected as exc:
         log.info("offer rejected by the WebRTC stack: %s", exc)
         return json_error(400, f"SDP rejected by the WebRTC stack: {exc}")
+    logctx.bind(call.id)  # the rest of this request (its access log line) names the call
     return respond(answer, call)

@@ -6,6 +6,9 @@ freed), on hang-up (DELETE or the peer closing), ICE/DTLS failure, no RTP for
 `connect_timeout_s` of the answer, eviction of a pending offer, the maximum call duration,
 or server shutdown.
 
+Everything done for a call logs under its id (agent/call/logctx.py): `open` binds it before
+the peer connection exists, so every task aiortc and the session start inherits it.
+
 Every call has a public id (logs, the `hello` event) and a secret returned only to its
 creator: acting on the call (hang-up, resume) needs the secret. A call that dropped (no
 media, connection failed) is parked for `resume_grace_s`: an offer presenting its id and
@@ -31,6 +34,7 @@ from aiortc import (
 from aiortc.contrib.media import MediaBlackhole
 from aiortc.mediastreams import MediaStreamTrack
 
+from agent.call import logctx
 from agent.call.engines import Engines
 from agent.call.events import CHANNEL_LABEL
 from agent.call.session import Session
@@ -105,10 +109,11 @@ def _secret_matches(expected: str, given: str) -> bool:
 
 
 async def _close_pc(pc: RTCPeerConnection, call_id: str) -> None:
-    try:
-        await pc.close()
-    except Exception as exc:  # aiortc can raise again on an offer it refused
-        log.info("[%s] peer connection close failed: %s: %s", call_id, type(exc).__name__, exc)
+    with logctx.bound(call_id):  # also when the server, not the call, closes it
+        try:
+            await pc.close()
+        except Exception as exc:  # aiortc can raise again on an offer it refused
+            log.info("peer connection close failed: %s: %s", type(exc).__name__, exc)
 
 
 class CallRegistry:
@@ -197,6 +202,20 @@ class CallRegistry:
         else:
             call_id = self.config.session_id_prefix + secrets.token_urlsafe(9)
             secret = secrets.token_urlsafe(18)
+        # Before the peer connection exists: the tasks, timers and socket readers aiortc and
+        # aioice create for it (and the call's own task) copy this context.
+        with logctx.bound(call_id):
+            return await self._open(call_id, secret, offer, client, conversation)
+
+    async def _open(
+        self,
+        call_id: str,
+        secret: str,
+        offer: RTCSessionDescription,
+        client: str,
+        conversation: Conversation | None,
+    ) -> tuple[RTCSessionDescription, Call]:
+        """`open`, under the call's id: the peer connection, the answer, the call's task."""
         pc = RTCPeerConnection(self._rtc_configuration())
         session = Session(
             call_id, self.config.agent, self.engines, self.clock, self.stats, conversation
@@ -227,7 +246,7 @@ class CallRegistry:
             raise
         finally:
             self._opening -= 1
-        if resuming:
+        if call.resumed:
             self._take_over(call_id)
         self.calls[call_id] = call
         for evicted in self.admission.add_pending(call_id, client):
@@ -237,8 +256,7 @@ class CallRegistry:
         )
         self.total_started += 1
         log.info(
-            "[%s] call %s (%d active, %d connecting)",
-            call_id,
+            "call %s (%d active, %d connecting)",
             "resumed" if call.resumed else "answered",
             len(self.calls),
             self.admission.pending,
@@ -257,7 +275,8 @@ class CallRegistry:
         self.admission.done_pending(call_id)
         call = self.calls.get(call_id)
         if call is not None and not call.connected.is_set():
-            log.info("[%s] evicted: still connecting when the pending budget ran out", call_id)
+            with logctx.bound(call_id):  # possibly from another call's offer
+                log.info("evicted: still connecting when the pending budget ran out")
             call.end("evicted")
 
     def _wire(self, call: Call) -> None:
@@ -277,7 +296,7 @@ class CallRegistry:
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
-            log.info("[%s] connection %s", call.id, pc.connectionState)
+            log.info("connection %s", pc.connectionState)
             if pc.connectionState == "connected":
                 call.connected.set()
                 self.admission.done_pending(call.id)
@@ -314,7 +333,7 @@ class CallRegistry:
                 raise
         except Exception:
             call.end_reason = "error"
-            log.exception("[%s] call failed", call.id)
+            log.exception("call failed")
         finally:
             call.closing = True
             self.admission.done_pending(call.id)
@@ -333,7 +352,7 @@ class CallRegistry:
                     call.session.turns.conversation,
                     self.clock.now() + self.config.resume_grace_s,
                 )
-            log.info("[%s] call ended: %s (%d active)", call.id, call.end_reason, len(self.calls))
+            log.info("call ended: %s (%d active)", call.end_reason, len(self.calls))
 
     async def _run_watched(self, call: Call, track: MediaStreamTrack) -> None:
         """The session, ended when RTP stops arriving for media_timeout_s."""
@@ -351,9 +370,7 @@ class CallRegistry:
                 if packets != last_packets:
                     last_packets, last_change = packets, now
                 elif now - last_change >= self.config.media_timeout_s:
-                    log.info(
-                        "[%s] no media for %.0f s: ending the call", call.id, now - last_change
-                    )
+                    log.info("no media for %.0f s: ending the call", now - last_change)
                     call.end_reason = "no media"
                     break
             if session.done():
@@ -364,7 +381,7 @@ class CallRegistry:
             session.cancel()
             await asyncio.wait({session})  # unlike gather, a cancel of ours won't reach it
             if not session.cancelled() and session.exception() is not None:
-                log.debug("[%s] session ended with %r", call.id, session.exception())
+                log.debug("session ended with %r", session.exception())
 
     def authorized(self, call_id: str, secret: str) -> Call | None:
         call = self.calls.get(call_id)
@@ -387,7 +404,8 @@ class CallRegistry:
         self.draining = True
         calls = [c for c in self.calls.values() if c.connected.is_set()]
         for call in calls:
-            call.session.events.emit({"type": "shutdown", "message": GOODBYE})
+            with logctx.bound(call.id):
+                call.session.events.emit({"type": "shutdown", "message": GOODBYE})
         goodbyes = [c.session.say_goodbye(GOODBYE) for c in calls]
         try:
             async with asyncio.timeout(within_s):

@@ -1,49 +1,136 @@
-"""pocketsphinx through the ASR interface: partials, finals, and decoders reused across calls."""
+"""pocketsphinx through the ASR interface, in its worker processes: partials, finals, calls
+spread over the workers, decoders reused across utterances, and workers that die or hang."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from typing import Any
 
+import numpy as np
+import pytest
+
 from agent.audio import Decimator
-from agent.engines.pocketsphinx_asr import PocketsphinxEngine
+from agent.engines.interfaces import EngineError
+from agent.engines.pocketsphinx_asr import (
+    AsrPoolConfig,
+    PocketsphinxEngine,
+    PocketsphinxRecognizer,
+)
 from harness.wer import wer
+
+
+async def say(rec: PocketsphinxRecognizer, pcm48k: Any) -> tuple[str, str]:
+    await rec.start()
+    pcm = Decimator(3).process(pcm48k)
+    for i in range(0, pcm.size, 320):
+        await rec.push(pcm[i : i + 320])
+    return await rec.partial(), await rec.finish()
 
 
 async def recognize(engine: PocketsphinxEngine, pcm48k: Any) -> tuple[str, str]:
     rec = engine.create()
     await rec.open()
     try:
-        await rec.start()
-        pcm = Decimator(3).process(pcm48k)
-        for i in range(0, pcm.size, 320):
-            await rec.push(pcm[i : i + 320])
-        partial = await rec.partial()
-        return partial, await rec.finish()
+        return await say(rec, pcm48k)
     finally:
         await rec.aclose()
 
 
-async def test_decoders_are_pooled_and_still_accurate(speech: dict[str, Any]) -> None:
-    engine = PocketsphinxEngine(preload=1)
+async def test_accurate_and_a_reused_decoder_starts_clean(speech: dict[str, Any]) -> None:
+    engine = PocketsphinxEngine(AsrPoolConfig(processes=1, preload=1))
     await engine.start()
-    (decoder,) = engine._free
-    partial, final = await recognize(engine, speech["What time is it?"])
-    assert wer("what time is it", final) == 0.0, final
-    assert partial, "a hypothesis exists before the end of the utterance"
-    assert engine._free == [decoder], "the decoder went back to the pool"
-    # The reused decoder starts clean: no words from the previous call leak in.
-    _, final = await recognize(engine, speech["What is your name?"])
-    assert wer("what is your name", final) == 0.0, final
-    assert engine._free == [decoder]
+    try:
+        partial, final = await recognize(engine, speech["What time is it?"])
+        assert wer("what time is it", final) == 0.0, final
+        assert partial, "a hypothesis exists before the end of the utterance"
+        # The same (only) decoder again: no words from the previous utterance leak in.
+        _, final = await recognize(engine, speech["What is your name?"])
+        assert wer("what is your name", final) == 0.0, final
+        # Several utterances in one call, and one cancelled in between.
+        rec = engine.create()
+        await rec.open()
+        await rec.start()
+        await rec.push(Decimator(3).process(speech["What time is it?"])[:8000])
+        await rec.cancel()
+        _, final = await say(rec, speech["What is your name?"])
+        assert wer("what is your name", final) == 0.0, final
+        await rec.aclose()
+    finally:
+        await engine.aclose()
 
 
-async def test_a_busy_pool_loads_another_decoder(speech: dict[str, Any]) -> None:
-    engine = PocketsphinxEngine(preload=1)
+async def test_calls_spread_over_the_workers_and_speak_at_once(speech: dict[str, Any]) -> None:
+    engine = PocketsphinxEngine(AsrPoolConfig(processes=2, preload=1))
     await engine.start()
-    first, second = engine.create(), engine.create()
-    await first.open()
-    await second.open()  # pool empty: loads a second decoder
-    await first.aclose()
-    await second.aclose()
-    # Past the peak only `preload` idle decoders are kept: the extra one (~100 MB) is freed.
-    assert len(engine._free) == 1
+    try:
+        recs = [engine.create() for _ in range(3)]
+        for rec in recs:
+            await rec.open()
+        assert sorted(p.calls for p in engine._processes) == [1, 2]
+        # Three people talking at once, on two workers (one loads a second decoder).
+        texts = ["What time is it?", "What is your name?", "What time is it?"]
+        results = await asyncio.gather(*(say(r, speech[t]) for r, t in zip(recs, texts, strict=True)))
+        for (_, final), text in zip(results, texts, strict=True):
+            assert wer(text.lower().rstrip("?"), final) == 0.0, (text, final)
+        for rec in recs:
+            await rec.aclose()
+        assert [p.calls for p in engine._processes] == [0, 0]
+        procs = [p.proc for p in engine._processes]
+    finally:
+        await engine.aclose()
+    assert all(proc.returncode is not None for proc in procs), "closing ends the workers"
+
+
+async def test_a_dead_worker_degrades_its_calls_and_is_replaced(speech: dict[str, Any]) -> None:
+    engine = PocketsphinxEngine(AsrPoolConfig(processes=1, preload=1))
+    await engine.start()
+    try:
+        rec = engine.create()
+        await rec.open()
+        await rec.start()
+        await rec.push(np.zeros(320, np.int16))
+        (process,) = engine._processes
+        os.kill(process.proc.pid, signal.SIGKILL)
+        await process.proc.wait()
+        await rec.push(np.zeros(320, np.int16))  # takes nothing, raises nothing
+        assert await rec.partial() == ""  # no live caption, no error
+        with pytest.raises(EngineError) as err:
+            await rec.finish()
+        assert err.value.retryable
+        await rec.aclose()
+        for _ in range(200):  # the watcher replaces the worker
+            if engine._processes and engine._processes[0] is not process:
+                break
+            await asyncio.sleep(0.05)
+        assert engine.restarts == 1
+        _, final = await recognize(engine, speech["What time is it?"])
+        assert wer("what time is it", final) == 0.0, final
+    finally:
+        await engine.aclose()
+
+
+async def test_a_hung_worker_is_killed_and_replaced(speech: dict[str, Any]) -> None:
+    engine = PocketsphinxEngine(AsrPoolConfig(processes=1, preload=1, answer_timeout_s=0.5))
+    await engine.start()
+    try:
+        rec = engine.create()
+        await rec.open()
+        await rec.start()
+        (process,) = engine._processes
+        os.kill(process.proc.pid, signal.SIGSTOP)
+        assert await rec.partial() == ""  # gave up after answer_timeout_s
+        await process.proc.wait()  # killed
+        with pytest.raises(EngineError):
+            await rec.finish()
+        await rec.aclose()
+        for _ in range(200):
+            if engine._processes and engine._processes[0] is not process:
+                break
+            await asyncio.sleep(0.05)
+        _, final = await recognize(engine, speech["What is your name?"])
+        assert wer("what is your name", final) == 0.0, final
+        assert engine.restarts == 1
+    finally:
+        await engine.aclose()

@@ -9,6 +9,7 @@ from agent.conversation.listener import ListenerConfig
 from agent.conversation.speech_detector import SpeechDetectorConfig
 from agent.conversation.turns import TurnConfig
 from agent.engines.breaker import BreakerConfig
+from agent.engines.pocketsphinx_asr import AsrPoolConfig
 from agent.engines.tts_pool import TtsPoolConfig
 from agent.engines.whisper_pool import WhisperConfig
 from agent.media.opus import OpusSendConfig
@@ -25,6 +26,7 @@ class AgentConfig:
     listener: ListenerConfig = field(default_factory=ListenerConfig)
     outbound_max_ahead_ms: int = 300
     asr: str = "hybrid"  # hybrid: pocketsphinx partials + whisper final | pocketsphinx
+    asr_pool: AsrPoolConfig = field(default_factory=AsrPoolConfig)  # pocketsphinx processes
     whisper: WhisperConfig = field(default_factory=WhisperConfig)
     llm_engine: str = "local"  # local | openai
     llm_fallback: str | None = None  # "local" or an OpenAI-compatible base URL (…/v1)

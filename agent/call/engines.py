@@ -19,7 +19,7 @@ from agent.call.config import AgentConfig
 from agent.call.selfcheck import check_models
 from agent.conversation.turns import FAULT_PHRASES
 from agent.engines.breaker import LlmChain
-from agent.engines.interfaces import LLM, AsrEngine
+from agent.engines.interfaces import LLM
 from agent.engines.pocketsphinx_asr import PocketsphinxEngine
 from agent.engines.silero_vad import SileroModel
 from agent.engines.silero_vad import default_model_path as silero_model_path
@@ -67,7 +67,7 @@ def make_fallback_llm(target: str | None, model: str | None) -> LLM | None:
 class Engines:
     """Engines shared by every session of a server (recognizers are per session)."""
 
-    asr: AsrEngine
+    asr: PocketsphinxEngine
     llm: LlmChain
     tts: TtsWorkerPool
     transcriber: WhisperPool | None  # the accurate final pass (hybrid ASR)
@@ -88,7 +88,7 @@ class Engines:
             if config.speech.kind == "silero"
             else None
         )
-        asr = PocketsphinxEngine()
+        asr = PocketsphinxEngine(config.asr_pool)
         await asr.start()
         transcriber = WhisperPool(config.whisper) if config.asr == "hybrid" else None
         if transcriber is not None:
@@ -113,6 +113,7 @@ class Engines:
 
     async def aclose(self) -> None:
         await self.tts.aclose()
+        await self.asr.aclose()
         await self.llm.aclose()
         if self.transcriber is not None:
             await self.transcriber.aclose()

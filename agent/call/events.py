@@ -5,7 +5,7 @@ backlog (oldest dropped); once it is closed they are dropped.
 In: `{"type": "ping", "t": …}` is answered at once with `{"type": "pong", "t": …}` (the
 caller's heartbeat: a dead agent is noticed within a second or two, long before ICE gives
 up); `{"type": "mute", "muted": bool}` is handed to `on_mute`. Anything else is logged and
-ignored.
+ignored. Log lines name the call through the logging context (logctx.py).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class EventChannel:
     def emit(self, message: dict[str, Any]) -> None:
         text = json.dumps(message, separators=(",", ":"))
         if message.get("type") not in ("link", "pong"):
-            log.debug("[%s] event %s", self.session_id, text[:200])
+            log.debug("event %s", text[:200])
         ch = self._channel
         if ch is not None and ch.readyState == "open":
             ch.send(text)
@@ -58,7 +58,7 @@ class EventChannel:
         """One message from the caller."""
         data = _parse(message)
         if data is None:
-            log.info("[%s] ignored a malformed events message", self.session_id)
+            log.info("ignored a malformed events message")
             return
         kind = data.get("type")
         if kind == "ping":
@@ -67,13 +67,13 @@ class EventChannel:
         elif kind == "mute":
             muted = data.get("muted")
             if not isinstance(muted, bool):
-                log.info("[%s] ignored a mute message without a boolean", self.session_id)
+                log.info("ignored a mute message without a boolean")
                 return
-            log.info("[%s] caller %s", self.session_id, "muted" if muted else "unmuted")
+            log.info("caller %s", "muted" if muted else "unmuted")
             if self.on_mute is not None:
                 self.on_mute(muted)
         else:
-            log.debug("[%s] ignored events message of type %r", self.session_id, kind)
+            log.debug("ignored events message of type %r", kind)
 
     def _flush(self) -> None:
         ch = self._channel

@@ -3,6 +3,8 @@
 remote track → inbound (16 kHz mono frames) → listener (speech detector, endpointer, ASR)
     → turn events → TurnManager → LLM → chunker → TTS → OutboundAudioTrack
 events → the `events` data channel
+
+Everything the session does logs under its id (logctx.py), whoever runs it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from aiortc.mediastreams import MediaStreamTrack
 
+from agent.call import logctx
 from agent.call.config import AgentConfig
 from agent.call.engines import Engines
 from agent.call.events import EventChannel
@@ -97,13 +100,18 @@ class Session:
         """At shutdown: say `text` unless a reply is playing (its `shutdown` event suffices)."""
         if self.turns.state == State.SPEAKING:
             return
-        await speak(text, self.outbound, self.engines.tts)
-        self.outbound.end_stream()
-        await self.outbound.wait_drained()
-        self.outbound.forget(MARK)
+        with logctx.bound(self.id):  # called from the server's shutdown, not the call
+            await speak(text, self.outbound, self.engines.tts)
+            self.outbound.end_stream()
+            await self.outbound.wait_drained()
+            self.outbound.forget(MARK)
 
     async def run(self, track: MediaStreamTrack) -> None:
         """Serve the call until the inbound track ends (or the task is cancelled)."""
+        with logctx.bound(self.id):  # every task below copies it
+            await self._run(track)
+
+    async def _run(self, track: MediaStreamTrack) -> None:
         recognizer = self.engines.asr.create()
         # Open the recognizer while already draining the track: packets queued during a
         # model load would otherwise start the call with a deep jitter backlog.
@@ -141,7 +149,7 @@ class Session:
             self.outbound.stop()
             if self._stats is not None and self.link is not None:
                 self._stats.record_link(self.link.as_event())
-            log.info("[%s] session ended after %d turns", self.id, self.turns.turns_completed)
+            log.info("session ended after %d turns", self.turns.turns_completed)
 
     async def _dispatch(self, event: TurnEvent) -> None:
         match event:
@@ -158,7 +166,7 @@ class Session:
             case Final(text, metrics):
                 # What the user said stays out of INFO logs unless asked (--log-transcripts).
                 level = logging.INFO if self.config.log_transcripts else logging.DEBUG
-                log.log(level, "[%s] turn %d heard %r", self.id, metrics.turn, text)
+                log.log(level, "turn %d heard %r", metrics.turn, text)
                 # An empty final tells the peer the turn was heard but not understood.
                 self.events.emit({"type": "final", "text": text})
                 await self.turns.on_final(text, metrics)

@@ -21,6 +21,9 @@ spoken; if it fails mid-reply, the complete sentences already received are kept 
 apology ends the reply instead of a cut-off sentence. Every LLM sits behind a circuit breaker
 (agent/engines/breaker.py) whose state changes reach the caller as `engine` events. Error
 events say which engine failed and how, never an engine's own message.
+
+A finished turn whose first audio came more than `slow_turn_ms` after the end of speech logs
+its stage times once (TurnMetrics.breakdown).
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ class TurnConfig:
     llm_filler_after_s: float = 0.5  # no first token by then: say FILLER (<= 0: never)
     max_pending_audio_s: float = 10.0
     continue_heard_s: float = 1.0  # see TurnManager.may_continue
+    # A turn whose end of speech → first audio took longer logs its stage times (<= 0: off).
+    slow_turn_ms: float = 1200.0
     budgets_ms: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_BUDGETS_MS))
     chunker: ChunkerConfig = field(default_factory=ChunkerConfig)
 
@@ -539,6 +544,7 @@ class TurnManager:
                 value,
                 budget,
             )
+        self._log_if_slow(reply.metrics)
         self.emit(
             {
                 "type": "turn",
@@ -550,6 +556,19 @@ class TurnManager:
                 "over_budget": [stage for stage, _, _ in overruns],
             }
         )
+
+    def _log_if_slow(self, metrics: TurnMetrics) -> None:
+        """One line per slow turn (from `_finish`, which runs once per turn)."""
+        threshold_ms = self.config.slow_turn_ms
+        took_ms = metrics.voice_to_voice_ms()
+        if threshold_ms > 0 and took_ms is not None and took_ms > threshold_ms:
+            log.warning(
+                "slow turn %d: %.0f ms from end of speech to first audio (over %.0f ms): %s",
+                metrics.turn,
+                took_ms,
+                threshold_ms,
+                metrics.breakdown(),
+            )
 
     async def _discard_speculative(self) -> None:
         spec, self._speculative = self._speculative, None

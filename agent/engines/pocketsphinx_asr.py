@@ -1,147 +1,287 @@
 """Streaming ASR with pocketsphinx (BSD; the wheel ships the en-us model, LM and dictionary).
 
-Each recognizer uses one Decoder from its own worker thread: decoding costs 2-3 ms per 20 ms
-of audio, which must not run on the event loop, and a Decoder is not thread-safe.
+pocketsphinx holds the GIL while it decodes (~2 ms per 20 ms frame) and while it loads a
+decoder (~0.25 s). In the server's process that stalled the event loop — every call's audio
+— and was the largest item of a profile at 4 calls (58 % of the samples holding the GIL).
+So the decoders live in a few worker processes (agent/engines/asr_worker.py), one per core by
+default, shared by every call: a call's recognizer is bound to the process with the fewest
+calls, and its audio goes down a pipe without waiting for an answer. Only `partial` and
+`finish` wait, for one short answer.
 
-Decoders are pooled by the engine and reused across calls. Loading one takes ~0.3 s and holds
-the GIL, which stalls the event loop — every call's audio — for that long; so the engine
-loads `preload` decoders at start-up and a call only pays for a load when all are in use.
-
-A decoder holds ~100 MB. The pool keeps at most `preload` idle ones: past a load peak the
-extra decoders are freed and the heap trimmed, so RSS returns near its baseline instead of
-staying at the peak (measured by `bench/soak.py`).
+A worker that dies or does not answer within `answer_timeout_s` is killed and replaced (logged
+at WARNING, counted in `restarts`). Its calls lose their live captions — `partial` returns ""
+— and their `finish` fails with a retryable EngineError, which the listener answers with the
+accurate pass's text or an empty final; calls that start later use the new worker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import ctypes
-import ctypes.util
-import functools
+import collections
+import contextlib
+import itertools
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
+import os
+import sys
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 from agent.audio import ASR_RATE_HZ, Pcm16
+from agent.clock import Clock, MonotonicClock
+from agent.engines.asr_worker import CANCEL, ERROR, FINISH, HEADER, HYP, PUSH, READY, START, TEXT
 from agent.engines.interfaces import EngineError
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
-def _load_decoder() -> Any:
-    import pocketsphinx
+def default_processes() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
 
-    return pocketsphinx.Decoder(loglevel="FATAL")
+
+@dataclass(frozen=True)
+class AsrPoolConfig:
+    processes: int = field(default_factory=default_processes)
+    preload: int = 2  # idle decoders each process keeps (~95 MB each)
+    start_timeout_s: float = 60.0
+    answer_timeout_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.processes < 1 or self.preload < 0:
+            raise ValueError("ASR processes must be >= 1 and preload >= 0")
+        if self.answer_timeout_s <= 0 or self.start_timeout_s <= 0:
+            raise ValueError("ASR timeouts must be positive")
+
+
+class _Process:
+    """One worker process: requests down its stdin, answers matched by position."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdin is not None and proc.stdout is not None
+        self.proc = proc
+        self.stdin = proc.stdin
+        self.stdout = proc.stdout
+        self.calls = 0  # recognizers bound to this process
+        self.alive = True
+        self._answers: collections.deque[asyncio.Future[str]] = collections.deque()
+
+    def send(self, kind: int, stream: int, payload: bytes = b"") -> None:
+        """Queue a request; a dead process takes nothing (its calls already degraded)."""
+        if not self.alive:
+            return
+        self.stdin.write(HEADER.pack(kind, stream, len(payload)) + payload)
+
+    def ask(self, kind: int, stream: int) -> asyncio.Future[str]:
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        if not self.alive:
+            answer.set_exception(EngineError("the ASR worker is gone", retryable=True))
+            return answer
+        self._answers.append(answer)
+        self.send(kind, stream)
+        return answer
+
+    async def read_answers(self) -> None:
+        """Resolve the waiting questions in order until the process's stdout closes."""
+        try:
+            while True:
+                head = await self.stdout.readexactly(HEADER.size)
+                kind, _stream, size = HEADER.unpack(head)
+                text = (await self.stdout.readexactly(size)).decode() if size else ""
+                if not self._answers:
+                    raise EngineError(f"the ASR worker answered {kind!r} unasked")
+                answer = self._answers.popleft()
+                if answer.done():  # its caller gave up waiting
+                    continue
+                if kind == TEXT:
+                    answer.set_result(text)
+                elif kind == ERROR:
+                    answer.set_exception(EngineError(f"pocketsphinx: {text}", retryable=True))
+                else:
+                    raise EngineError(f"the ASR worker sent {kind!r}")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.fail("the ASR worker is gone")
+
+    def fail(self, why: str) -> None:
+        self.alive = False
+        while self._answers:
+            answer = self._answers.popleft()
+            if not answer.done():
+                answer.set_exception(EngineError(why, retryable=True))
+
+    def kill(self) -> None:
+        self.fail("the ASR worker was stopped")
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
 
 
 class PocketsphinxEngine:
     name = "pocketsphinx"
     sample_rate_hz = ASR_RATE_HZ
 
-    def __init__(self, preload: int = 2) -> None:
-        self._preload = preload
-        self._free: list[Any] = []
+    def __init__(self, config: AsrPoolConfig | None = None, clock: Clock | None = None) -> None:
+        self.config = config or AsrPoolConfig()
+        self._clock = clock or MonotonicClock()
+        self._processes: list[_Process] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stream_ids = itertools.count(1)
+        self._closed = False
+        self.restarts = 0
+        """Worker processes that died or hung and were replaced."""
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        for _ in range(self._preload):
-            self._free.append(await loop.run_in_executor(None, _load_decoder))
+        await asyncio.gather(*(self._spawn() for _ in range(self.config.processes)))
+
+    async def _spawn(self) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "agent.engines.asr_worker",
+            str(self.config.preload),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        process = _Process(proc)
+        try:
+            async with self._clock.timeout(self.config.start_timeout_s):
+                head = await process.stdout.readexactly(HEADER.size)
+            if HEADER.unpack(head)[0] != READY:
+                raise EngineError("the ASR worker did not say ready")
+        except BaseException as exc:
+            process.kill()
+            await proc.wait()
+            if isinstance(exc, (TimeoutError, asyncio.IncompleteReadError, EngineError)):
+                raise EngineError(f"the pocketsphinx worker failed to start: {exc!r}") from exc
+            raise
+        self._processes.append(process)
+        self._own(self._watch(process))
+        log.info("ASR worker pid=%d ready", proc.pid)
+
+    def _own(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self, process: _Process) -> None:
+        """Read the process's answers; when it ends, reap it and (unless closing) replace it."""
+        await process.read_answers()
+        if process in self._processes:
+            self._processes.remove(process)
+        process.kill()
+        await process.proc.wait()
+        if self._closed:
+            return
+        self.restarts += 1
+        log.warning(
+            "ASR worker pid=%d ended (exit %s) with %d calls: replacing it",
+            process.proc.pid,
+            process.proc.returncode,
+            process.calls,
+        )
+        delay = 0.5
+        while not self._closed:
+            try:
+                await self._spawn()
+                return
+            except EngineError as exc:
+                log.warning("ASR worker respawn failed (%s): retrying in %.1f s", exc, delay)
+                await self._clock.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def bind(self) -> _Process:
+        """The live process with the fewest calls, for a new call."""
+        if not self._processes:
+            raise EngineError("no ASR worker is running", retryable=True)
+        process = min(self._processes, key=lambda p: p.calls)
+        process.calls += 1
+        return process
+
+    def hung(self, process: _Process) -> None:
+        log.warning("ASR worker pid=%d did not answer in time: killing it", process.proc.pid)
+        process.kill()  # its watcher replaces it
 
     def create(self) -> PocketsphinxRecognizer:
-        return PocketsphinxRecognizer(self)
+        return PocketsphinxRecognizer(self, next(self._stream_ids))
 
-    async def acquire(self) -> Any:
-        if self._free:
-            return self._free.pop()
-        log.info("all %d pocketsphinx decoders busy: loading another", self._preload)
-        return await asyncio.get_running_loop().run_in_executor(None, _load_decoder)
-
-    def release(self, decoder: Any) -> None:
-        if len(self._free) < self._preload:
-            self._free.append(decoder)
-            return
-        del decoder  # the last reference: pocketsphinx frees its model copy
-        trim_heap()
-
-
-def trim_heap() -> None:
-    """Give freed heap pages back to the OS (glibc keeps them otherwise); no-op elsewhere."""
-    malloc_trim = _malloc_trim()
-    if malloc_trim is not None:
-        malloc_trim(0)
-
-
-@functools.cache
-def _malloc_trim() -> Any:
-    name = ctypes.util.find_library("c")
-    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    async def aclose(self) -> None:
+        self._closed = True
+        for process in self._processes:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                process.stdin.close()  # the worker exits at end of input
+        tasks = list(self._tasks)
+        with contextlib.suppress(TimeoutError):
+            async with self._clock.timeout(2.0):
+                await asyncio.gather(*tasks, return_exceptions=True)
+        for process in list(self._processes):
+            process.kill()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class PocketsphinxRecognizer:
-    def __init__(self, engine: PocketsphinxEngine) -> None:
+    def __init__(self, engine: PocketsphinxEngine, stream: int) -> None:
         self._engine = engine
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="asr")
-        self._decoder: Any = None
+        self._stream = stream
+        self._process: _Process | None = None
         self._in_utt = False
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
     async def open(self) -> None:
+        self._process = self._engine.bind()
+
+    def _send(self, kind: int, payload: bytes = b"") -> None:
+        if self._process is not None:
+            self._process.send(kind, self._stream, payload)
+
+    async def _ask(self, kind: int) -> str:
+        if self._process is None:
+            raise EngineError("the recognizer is not open")
+        answer = self._process.ask(kind, self._stream)
         try:
-            self._decoder = await self._engine.acquire()
-        except Exception as exc:
-            raise EngineError(f"pocketsphinx failed to load: {exc}") from exc
+            async with self._engine._clock.timeout(self._engine.config.answer_timeout_s):
+                return await answer
+        except TimeoutError:
+            self._engine.hung(self._process)
+            raise EngineError("pocketsphinx did not answer in time", retryable=True) from None
 
     async def start(self) -> None:
-        if self._in_utt:
-            await self.cancel()
-        await self._run(self._decoder.start_utt)
+        self._send(START)
         self._in_utt = True
 
     async def push(self, pcm16: Pcm16) -> None:
-        if self._in_utt:
-            await self._run(self._decoder.process_raw, pcm16.tobytes(), False, False)
+        if self._in_utt and self._process is not None:
+            self._send(PUSH, pcm16.tobytes())
+            if self._process.alive:
+                with contextlib.suppress(ConnectionError):
+                    await self._process.stdin.drain()  # only waits if the worker falls behind
 
     async def partial(self) -> str:
         if not self._in_utt:
             return ""
-        return await self._run(self._hyp)
+        try:
+            return await self._ask(HYP)
+        except EngineError as exc:
+            log.debug("no live caption: %s", exc)
+            return ""
 
     async def finish(self) -> str:
         if not self._in_utt:
             return ""
         self._in_utt = False
-
-        def end() -> str:
-            self._decoder.end_utt()
-            return self._hyp()
-
-        return await self._run(end)
+        return await self._ask(FINISH)
 
     async def cancel(self) -> None:
         if self._in_utt:
             self._in_utt = False
-            await self._run(self._decoder.end_utt)
+            self._send(CANCEL)
 
     async def aclose(self) -> None:
-        """Give the decoder back to the engine's pool, idle (no utterance open)."""
-        decoder, self._decoder = self._decoder, None
-        try:
-            if decoder is not None and self._in_utt:
-                await self._run(decoder.end_utt)
-        except Exception:
-            log.exception("pocketsphinx decoder failed to close; not reused")
-            decoder = None
-        finally:
-            # On cancellation the decoder may still be busy in our thread: never reuse it then.
-            self._in_utt = False
-            self._pool.shutdown(wait=False, cancel_futures=True)
-        if decoder is not None:
-            self._engine.release(decoder)
-
-    def _hyp(self) -> str:
-        hyp = self._decoder.hyp()
-        return str(hyp.hypstr).strip() if hyp is not None and hyp.hypstr else ""
+        """Free this call's decoder in its worker and unbind from it."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        self._in_utt = False
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            process.send(CANCEL, self._stream)
+        process.calls -= 1

@@ -1,0 +1,184 @@
+"""Streaming-ASR worker process: pocketsphinx decoders for many calls, driven over pipes.
+
+Run as `python -m agent.engines.asr_worker PRELOAD`. pocketsphinx holds the GIL while it
+decodes (~2 ms per 20 ms frame) and while it loads a decoder (~0.25 s), so in the server's
+process it would stall every call's audio; here it stalls nobody. agent/engines/
+pocketsphinx_asr.py starts a few of these and spreads the calls over them.
+
+Decoders belong to utterances, not calls: `start` takes an idle decoder (loading one if none
+is idle) and `finish`/`cancel` gives it back, so a worker needs as many decoders (~95 MB each)
+as its calls have people speaking at the same moment, not as many as it has calls. Past a
+peak, idle decoders beyond PRELOAD are freed and the heap trimmed.
+
+Protocol: frames of a 9-byte header — kind (1 byte), stream id (4 bytes, big-endian),
+payload length (4 bytes, big-endian) — then the payload. Requests are served in order.
+  stdin   S start an utterance        P audio: 16 kHz mono s16le PCM
+          H ask for the hypothesis    F end the utterance and ask for its text
+          C end the utterance, no answer wanted (also frees a stream's decoder)
+  stdout  R ready (stream 0, once, after preloading)
+          T the text asked for by H or F, UTF-8
+          X the error that H or F (or an earlier S or P of that stream) met, UTF-8
+Only H and F are answered, exactly once each, in order, so the server matches answers to
+questions by position.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import struct
+import sys
+from typing import Any, BinaryIO
+
+HEADER = struct.Struct(">BII")
+
+START, PUSH, HYP, FINISH, CANCEL = (ord(c) for c in "SPHFC")
+READY, TEXT, ERROR = (ord(c) for c in "RTX")
+
+
+def load_decoder() -> Any:
+    import pocketsphinx
+
+    return pocketsphinx.Decoder(loglevel="FATAL")
+
+
+def trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc keeps them otherwise); no-op elsewhere."""
+    name = ctypes.util.find_library("c")
+    malloc_trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if malloc_trim is not None:
+        malloc_trim(0)
+
+
+class Decoders:
+    """Utterance → decoder, with an idle pool of at most `keep` decoders."""
+
+    def __init__(self, keep: int) -> None:
+        self._keep = keep
+        self._idle = [load_decoder() for _ in range(keep)]
+        self._busy: dict[int, Any] = {}
+        self._errors: dict[int, str] = {}  # stream -> the error its next answer reports
+
+    def start(self, stream: int) -> None:
+        self.cancel(stream)
+        try:
+            decoder = self._idle.pop() if self._idle else load_decoder()
+            decoder.start_utt()
+        except Exception as exc:  # reported with this stream's next answer
+            self._errors[stream] = f"start: {exc}"
+            return
+        self._busy[stream] = decoder
+
+    def push(self, stream: int, pcm: bytes) -> None:
+        decoder = self._busy.get(stream)
+        if decoder is None:
+            return
+        try:
+            decoder.process_raw(pcm, False, False)
+        except Exception as exc:
+            self._errors[stream] = f"decode: {exc}"
+            self._drop(stream)
+
+    def hyp(self, stream: int) -> str:
+        self._raise_error(stream)
+        decoder = self._busy.get(stream)
+        return _text(decoder) if decoder is not None else ""
+
+    def finish(self, stream: int) -> str:
+        self._raise_error(stream)
+        decoder = self._busy.pop(stream, None)
+        if decoder is None:
+            return ""
+        try:
+            decoder.end_utt()
+            text = _text(decoder)
+        except Exception:
+            self._discard()
+            raise
+        self._release(decoder)
+        return text
+
+    def cancel(self, stream: int) -> None:
+        self._errors.pop(stream, None)
+        decoder = self._busy.pop(stream, None)
+        if decoder is None:
+            return
+        try:
+            decoder.end_utt()
+        except Exception:
+            self._discard()
+            return
+        self._release(decoder)
+
+    def _raise_error(self, stream: int) -> None:
+        error = self._errors.pop(stream, None)
+        if error is not None:
+            raise RuntimeError(error)
+
+    def _drop(self, stream: int) -> None:
+        if self._busy.pop(stream, None) is not None:
+            self._discard()
+
+    def _release(self, decoder: Any) -> None:
+        if len(self._idle) < self._keep:
+            self._idle.append(decoder)
+            return
+        del decoder  # the last reference: pocketsphinx frees its model copy
+        self._discard()
+
+    @staticmethod
+    def _discard() -> None:
+        trim_heap()
+
+
+def _text(decoder: Any) -> str:
+    hyp = decoder.hyp()
+    return str(hyp.hypstr).strip() if hyp is not None and hyp.hypstr else ""
+
+
+def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
+    data = stream.read(n)
+    return data if len(data) == n else None
+
+
+def serve(decoders: Decoders, stdin: BinaryIO, stdout: BinaryIO) -> None:
+    def answer(kind: int, stream: int, text: str) -> None:
+        payload = text.encode()
+        stdout.write(HEADER.pack(kind, stream, len(payload)) + payload)
+        stdout.flush()
+
+    while True:
+        head = _read_exactly(stdin, HEADER.size)
+        if head is None:
+            return  # the server closed the pipe: exit
+        kind, stream, size = HEADER.unpack(head)
+        payload = _read_exactly(stdin, size) if size else b""
+        if payload is None:
+            return
+        if kind == PUSH:
+            decoders.push(stream, payload)
+        elif kind == START:
+            decoders.start(stream)
+        elif kind == CANCEL:
+            decoders.cancel(stream)
+        elif kind in (HYP, FINISH):
+            try:
+                text = decoders.hyp(stream) if kind == HYP else decoders.finish(stream)
+            except Exception as exc:
+                answer(ERROR, stream, str(exc) or type(exc).__name__)
+            else:
+                answer(TEXT, stream, text)
+        # Anything else is not a request of this protocol: ignored, it wants no answer.
+
+
+def main() -> None:
+    keep = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    decoders = Decoders(keep)
+    stdout = sys.stdout.buffer
+    stdout.write(HEADER.pack(READY, 0, 0))
+    stdout.flush()
+    serve(decoders, sys.stdin.buffer, stdout)
+
+
+if __name__ == "__main__":
+    main()
