@@ -433,8 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     png = args.png or args.json.with_suffix(".png")
     serve = ["--max-sessions", str(max(steps) + 2), *args.serve_args.split()]
-    if args.workers != 1:
-        serve += ["--workers", str(args.workers)]
+    serve += ["--workers", str(args.workers)]
     speech = asyncio.run(synthesize_all())
     out: dict[str, Any] = {"workers": args.workers,
                            "limits": {"v2v_ms_p99": V2V_LIMIT_MS,

@@ -47,11 +47,13 @@ def run_server(
 ) -> Iterator[Server]:
     """`ringback serve` on 127.0.0.1 (ICE pinned to loopback); stopped by PID afterwards.
 
-    Tests read what the agent heard from the log, hence `--log-transcripts` by default."""
+    Tests read what the agent heard from the log, hence `--log-transcripts` by default. One
+    server process (`--workers 1`) unless `args` ask for more."""
     port = port or free_port()
     log_path = log_dir / f"server-{port}.log"
     cmd = [sys.executable, "-m", "signaling", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--ice-host", "127.0.0.1", *(["--log-transcripts"] if log_transcripts else []), *args]
+    cmd += ["--ice-host", "127.0.0.1", *(["--log-transcripts"] if log_transcripts else [])]
+    cmd += ["--workers", "1", *args]  # later flags win
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}

@@ -89,7 +89,8 @@ class Run:
         argv = [str(ringback)] if ringback.exists() else [sys.executable, "-m", "signaling"]
         argv += ["serve", "--host", AGENT_IP, "--port", str(port), "--ice-host", AGENT_IP,
                  "--receive-path", receive_path, "--max-call-s", "900",
-                 "--tts", self.args.tts, "--log-level", "INFO"]  # fmt: skip
+                 "--tts", self.args.tts, "--log-level", "INFO",
+                 "--workers", "1"]  # one event loop: the network is what is measured  # fmt: skip
         log_path = self.out / f"server-{receive_path}.log"
         with log_path.open("wb") as logf:
             proc = subprocess.Popen(

@@ -27,7 +27,7 @@ from agent.conversation.listener import ListenerConfig
 from agent.conversation.speech_detector import DETECTORS, SpeechDetectorConfig
 from agent.conversation.turns import TurnConfig
 from agent.engines.breaker import BreakerConfig
-from agent.engines.pocketsphinx_asr import AsrPoolConfig
+from agent.engines.pocketsphinx_asr import AsrPoolConfig, default_processes
 from agent.engines.tts_pool import TtsPoolConfig
 from agent.engines.whisper_pool import WhisperConfig
 from agent.media.opus import OpusSendConfig
@@ -191,9 +191,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     arg(
         "--asr-workers",
-        AsrPoolConfig().processes,
+        0,
         int,
-        "pocketsphinx worker processes shared by all calls (default: one per core)",
+        "pocketsphinx processes per server process, shared by its calls; 0: cores / --workers",
     )
     arg("--whisper-workers", w.workers, int, "whisper passes that run at once (all calls)")
     arg("--whisper-threads", w.cpu_threads, int, "CPU threads per whisper pass")
@@ -268,7 +268,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "expected loss hint for outbound Opus in-band FEC (0 disables FEC)",
     )
     arg("--log-level", "INFO", str, "DEBUG | INFO | WARNING")
-    arg("--workers", d.workers, int, "worker processes behind this address (calls spread)")
+    arg(
+        "--workers",
+        default_processes(),
+        int,
+        "worker processes behind this address, calls spread over them (default: one per core)",
+    )
     arg("--session-id-prefix", "", str, "prefix of this server's session ids (set by --workers)")
     arg("--agent-check-port", 0, int, "TCP port telling HAProxy the load (agent-check); 0: off")
 
@@ -300,7 +305,7 @@ def server_config(a: argparse.Namespace) -> ServerConfig:
             talker_margin_db=a.talker_margin_db,
         ),
         asr=a.asr,
-        asr_pool=AsrPoolConfig(processes=a.asr_workers),
+        asr_pool=AsrPoolConfig(processes=a.asr_workers or max(1, default_processes() // a.workers)),
         whisper=WhisperConfig(workers=a.whisper_workers, cpu_threads=a.whisper_threads),
         listener=ListenerConfig(
             turn_end=TurnEndConfig(

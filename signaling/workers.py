@@ -103,8 +103,10 @@ class Supervisor:
         trust_forwarded: bool,
         stop_s: float,
         base_prefix: str = "",
+        asr_processes: int = 1,
     ) -> None:
         self.serve_argv = list(serve_argv)
+        self.asr_processes = asr_processes  # each worker's pocketsphinx processes
         self.base_prefix = base_prefix
         self.workers = [Worker(i) for i in range(count)]
         self.trust_forwarded = trust_forwarded
@@ -171,7 +173,8 @@ class Supervisor:
             argv = [*self.serve_argv, "--workers", "1", "--host", "127.0.0.1",
                     "--port", str(w.port), "--session-id-prefix",
                     prefix(w.index, self.base_prefix), "--agent-check-port", "0",
-                    "--trust-forwarded"]  # fmt: skip
+                    "--trust-forwarded",
+                    "--asr-workers", str(self.asr_processes)]  # fmt: skip
             w.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "signaling", "serve", *argv
             )
@@ -421,6 +424,7 @@ def create_front_app(serve_argv: Sequence[str], config: ServerConfig) -> web.App
         config.trust_forwarded,
         config.shutdown_deadline_s - 1.5,
         config.session_id_prefix,
+        config.agent.asr_pool.processes,
     )
     app = web.Application(client_max_size=config.max_body_bytes)
 

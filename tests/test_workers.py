@@ -3,6 +3,7 @@ their owner, a worker that dies is replaced and only its calls end. Real process
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.peer import Caller
 from harness.server import Server, run_server
+from signaling.__main__ import add_serve_args, server_config
 from signaling.agent_check import agent_reply
 from signaling.workers import owner_of, prefix
 
@@ -145,3 +147,42 @@ def test_agent_check_lines_follow_the_load() -> None:
     assert agent_reply(0.25) == "ready up 75%\n"
     assert agent_reply(0.999) == "ready up 1%\n"  # never weight 0 while it has room
     assert agent_reply(1.0) == "drain\n"
+
+
+def test_one_worker_per_core_by_default_and_the_asr_processes_shared_out() -> None:
+    parser = argparse.ArgumentParser()
+    add_serve_args(parser)
+    cores = len(os.sched_getaffinity(0))
+    config = server_config(parser.parse_args([]))
+    assert config.workers == cores
+    assert config.agent.asr_pool.processes == max(1, cores // cores)
+    config = server_config(parser.parse_args(["--workers", "1"]))
+    assert config.agent.asr_pool.processes == cores
+    config = server_config(parser.parse_args(["--workers", "1", "--asr-workers", "3"]))
+    assert config.agent.asr_pool.processes == 3
+
+
+def asr_processes_under(pid: int) -> int:
+    """pocketsphinx worker processes anywhere below `pid`."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = 0, list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        todo += children.get(child, [])
+        try:
+            found += b"agent.engines.asr_worker" in Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+    return found
+
+
+def test_each_worker_runs_its_share_of_the_asr_processes(front: Server) -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert asr_processes_under(front.proc.pid) == 2 * max(1, cores // 2)
