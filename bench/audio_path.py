@@ -60,7 +60,7 @@ from scipy import signal
 
 from agent.audio import ASR_RATE_HZ, OUT_FRAME_SAMPLES, OUT_RATE_HZ, Decimator, Pcm16
 from agent.clock import MonotonicClock
-from agent.engines.pocketsphinx_asr import PocketsphinxEngine, PocketsphinxRecognizer
+from agent.engines.pocketsphinx_asr import AsrPoolConfig, PocketsphinxEngine, PocketsphinxRecognizer
 from agent.media import patches
 from agent.media.inbound import LinkStats, playout_frames
 from agent.media.opus import OpusSendConfig
@@ -383,7 +383,9 @@ async def run(quick: bool, seed: int) -> list[dict[str, Any]]:
     texts = QUICK_SENTENCES if quick else SENTENCES
     profiles = PROFILES[:2] if quick else PROFILES
     ref = await make_reference(texts)
-    asr = PocketsphinxEngine().create()
+    engine = PocketsphinxEngine(AsrPoolConfig(processes=1, preload=1))
+    await engine.start()
+    asr = engine.create()
     await asr.open()
     rows = []
     try:
@@ -397,6 +399,7 @@ async def run(quick: bool, seed: int) -> list[dict[str, Any]]:
                 print(f"  {profile.name:<13} {path:<9} done", file=sys.stderr, flush=True)
     finally:
         await asr.aclose()
+        await engine.aclose()
     return rows
 
 

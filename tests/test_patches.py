@@ -139,3 +139,40 @@ def test_opus_is_sent_at_speech_bitrate_with_in_band_fec() -> None:
     assert 20 <= kbps <= 45, f"{kbps:.1f} kb/s, expected about 32"
     with_fec = np.mean([has_fec(p) for p in payloads[1:]])
     assert with_fec > 0.3, f"only {with_fec:.0%} of packets carry in-band FEC"
+
+
+async def test_received_audio_reaches_the_track_on_the_loop_not_through_a_thread() -> None:
+    """A real loopback call: every Opus packet is in the track's queue without passing
+    aiortc's decoder thread, and closing the peer still ends the track."""
+    import asyncio
+
+    from aiortc import RTCPeerConnection
+    from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+
+    from agent.media.inbound import EncodedAudio
+
+    patches.pin_host_addresses(["127.0.0.1"])
+    patches.install_receive_path()
+    caller, agent = RTCPeerConnection(), RTCPeerConnection()
+    caller.addTrack(AudioStreamTrack())  # aiortc's silence source: real Opus packets
+    tracks: asyncio.Queue[object] = asyncio.Queue()
+    agent.on("track", tracks.put_nowait)
+    try:
+        await caller.setLocalDescription(await caller.createOffer())
+        await agent.setRemoteDescription(caller.localDescription)
+        await agent.setLocalDescription(await agent.createAnswer())
+        await caller.setRemoteDescription(agent.localDescription)
+        track = await asyncio.wait_for(tracks.get(), 10)
+        got = [await asyncio.wait_for(track.recv(), 10) for _ in range(25)]  # type: ignore[attr-defined]
+        assert all(isinstance(a, EncodedAudio) and a.codec == "opus" for a in got)
+        (receiver,) = agent.getReceivers()
+        direct = receiver._RTCRtpReceiver__decoder_queue
+        assert isinstance(direct, patches.DirectQueue)
+        assert direct._thread_queue.empty(), "nothing went to the decoder thread"
+        await agent.close()
+        with pytest.raises(MediaStreamError):
+            while True:  # the frames already queued, then the end of the track
+                await asyncio.wait_for(track.recv(), 5)  # type: ignore[attr-defined]
+    finally:
+        await caller.close()
+        await agent.close()

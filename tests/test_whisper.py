@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from agent.audio import Decimator, Pcm16
 from agent.call.selfcheck import check_models
+from agent.engines import whisper_worker
 from agent.engines.interfaces import EngineError
 from agent.engines.whisper_final import model_dir
 from agent.engines.whisper_pool import WhisperConfig, WhisperPool
@@ -120,3 +123,28 @@ async def test_closed_pool_refuses_and_fails_queued_passes(speech: dict[str, Pcm
     running.cancel()
     with pytest.raises(EngineError, match="not running"):
         await p.transcribe(pcm)
+
+
+async def test_passes_run_in_worker_processes_and_a_dead_worker_is_replaced(
+    speech: dict[str, Pcm16],
+) -> None:
+    """Off the server's process (and GIL); a worker killed mid-pass fails that pass only."""
+    p = WhisperPool(WhisperConfig(workers=1))
+    await p.start()
+    try:
+        assert p._executor is not None
+        pid = await asyncio.get_running_loop().run_in_executor(p._executor, whisper_worker.ready)
+        assert pid != os.getpid()
+        pcm = to16k(speech["What time is it?"])
+        running = asyncio.ensure_future(p.transcribe(np.concatenate([pcm] * 8)))
+        await asyncio.sleep(0.02)  # the worker took it
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(EngineError) as info:
+            await running
+        assert info.value.retryable
+        assert p.restarts == 1
+        again = await p.transcribe(pcm)  # a new worker loads the model and answers
+        assert wer("what time is it", again.text) == 0.0, again.text
+        assert pid not in [c.pid for c in multiprocessing.active_children()]
+    finally:
+        await p.aclose()

@@ -1,10 +1,13 @@
-"""The accurate final pass as a shared engine: whisper tiny.en on a bounded pool of threads.
+"""The accurate final pass as a shared engine: whisper tiny.en in a pool of worker processes.
 
-One model (agent/engines/whisper_final.py) serves every call. Passes wait in one FIFO queue
-and run on `workers` threads (CTranslate2 releases the GIL), never on the event loop. Each
+Every call's passes wait in one FIFO queue and run in `workers` processes, each with its own
+copy of the model (agent/engines/whisper_worker.py), never in the server's process: CTranslate2
+holds the GIL for part of each pass, which in threads slowed the event loop carrying every
+call's audio. A worker that dies fails the pass it was running (retryable: the listener falls
+back to the streaming recognizer's final) and the pool is started again. Each
 call has at most one pass queued at a time (the listener cancels its old pass before it
 starts a new one), so FIFO order is fair between calls. A pass cancelled before it starts
-costs nothing; one cancelled while running finishes on its thread and is dropped. The queue
+costs nothing; one cancelled while running finishes in its process and is dropped. The queue
 is bounded: beyond `max_queue` waiting passes, `transcribe` fails at once (retryable) and the
 listener falls back to the streaming recognizer's final.
 
@@ -15,21 +18,23 @@ cpu_threads=1, against 240-310 ms at Whisper's usual 30 s window, same accuracy.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from agent.audio import ASR_RATE_HZ, Pcm16
 from agent.clock import Clock, MonotonicClock
+from agent.engines import whisper_worker
 from agent.engines.interfaces import EngineError, Transcription
-from agent.engines.whisper_final import WhisperFinal, model_dir
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class WhisperConfig:
-    workers: int = 2  # passes that run at once (threads)
+    workers: int = 2  # passes that run at once (processes)
     cpu_threads: int = 1  # CTranslate2 threads per pass
     window_s: float = 10.0  # minimum encoder window (shorter windows make tiny.en loop)
     max_queue: int = 32
@@ -57,35 +62,43 @@ class WhisperPool:
         self.config = config or WhisperConfig()
         self._clock = clock or MonotonicClock()
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._model: WhisperFinal | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: ProcessPoolExecutor | None = None
         self._workers: list[asyncio.Task[None]] = []
         self.passes = 0  # run to the end (for /metrics and the benchmarks)
+        self.restarts = 0  # the worker processes were started again after one died
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        cfg = self.config
+        return ProcessPoolExecutor(
+            max_workers=cfg.workers,
+            # Not fork: the server has threads (aiortc, onnxruntime) a fork would copy mid-way.
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=whisper_worker.load,
+            initargs=(cfg.cpu_threads, cfg.window_s, cfg.no_speech_threshold),
+        )
 
     async def start(self) -> None:
         cfg = self.config
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=cfg.workers, thread_name_prefix="whisper"
-        )
         loop = asyncio.get_running_loop()
         t0 = self._clock.now()
-        model = await loop.run_in_executor(
-            self._executor,
-            lambda: WhisperFinal(
-                model_dir(),
-                cfg.cpu_threads,
-                inter_threads=cfg.workers,
-                window_s=cfg.window_s,
-                no_speech_threshold=cfg.no_speech_threshold,
-            ),
-        )
-        await loop.run_in_executor(self._executor, model.warm)
-        self._model = model
+        self._executor = self._new_executor()
+        try:
+            # Each submit finds no idle worker and starts one: every model loads now.
+            await asyncio.gather(
+                *(
+                    loop.run_in_executor(self._executor, whisper_worker.ready)
+                    for _ in range(cfg.workers)
+                )
+            )
+        except BrokenProcessPool as exc:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+            raise EngineError(f"whisper workers failed to start: {exc!r}") from exc
         self._workers = [
             loop.create_task(self._work(), name=f"whisper-worker-{i}") for i in range(cfg.workers)
         ]
         log.info(
-            "whisper tiny.en ready in %.2f s: %d workers × %d threads, %.0f s window",
+            "whisper tiny.en ready in %.2f s: %d processes × %d threads, %.0f s window",
             self._clock.now() - t0,
             cfg.workers,
             cfg.cpu_threads,
@@ -93,7 +106,7 @@ class WhisperPool:
         )
 
     async def transcribe(self, pcm16: Pcm16) -> Transcription:
-        if self._model is None:
+        if self._executor is None:
             raise EngineError("whisper is not running")
         if self._queue.qsize() >= self.config.max_queue:
             raise EngineError("whisper is busy: too many passes waiting", retryable=True)
@@ -103,15 +116,22 @@ class WhisperPool:
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
-        assert self._model is not None and self._executor is not None
-        model, executor = self._model, self._executor
         while True:
             job = await self._queue.get()
             if job.future.done():
                 continue  # cancelled while waiting: skip it
             started = self._clock.now()
+            executor = self._executor
+            assert executor is not None
             try:
-                result = await loop.run_in_executor(executor, model.transcribe_detailed, job.pcm16)
+                result = await loop.run_in_executor(executor, whisper_worker.transcribe, job.pcm16)
+            except BrokenProcessPool:
+                self._restart(executor)
+                if not job.future.done():
+                    job.future.set_exception(
+                        EngineError("a whisper worker died during the pass", retryable=True)
+                    )
+                continue
             except Exception as exc:  # a model failure fails this pass, not the pool
                 log.exception("whisper pass failed")
                 if not job.future.done():
@@ -127,6 +147,15 @@ class WhisperPool:
                     )
                 )
 
+    def _restart(self, broken: ProcessPoolExecutor) -> None:
+        """A worker died: the executor is unusable. Start a new one (once per breakage)."""
+        if self._executor is not broken:
+            return  # another pass saw the same breakage first
+        log.warning("a whisper worker process died: starting the pool again")
+        self.restarts += 1
+        broken.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._new_executor()  # its workers load at the next pass
+
     async def aclose(self) -> None:
         for task in self._workers:
             task.cancel()
@@ -137,7 +166,7 @@ class WhisperPool:
             if not job.future.done():
                 job.future.set_exception(EngineError("whisper is shutting down"))
         if self._executor is not None:
-            # A pass already running cannot be interrupted; don't wait for it.
+            # A pass already running cannot be interrupted; don't wait for it (the worker
+            # processes exit when it ends).
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
-        self._model = None

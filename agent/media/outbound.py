@@ -1,10 +1,21 @@
 """OutboundAudioTrack: the agent's voice as an aiortc track.
 
 aiortc has no pacer: its sender calls `recv()` in a loop, so the track paces itself on the
-injected monotonic clock, one 20 ms frame of 48 kHz mono s16 per call (aiortc's Opus encoder
-takes that without resampling). It plays silence when idle. `enqueue()` applies backpressure:
-it waits while more than `max_ahead_ms` of audio is queued, so a TTS faster than real time
-never buffers a whole reply.
+injected monotonic clock, one 20 ms slot of 48 kHz mono per call. It plays silence when idle.
+`enqueue()` applies backpressure: it waits while more than `max_ahead_ms` of audio is queued,
+so a TTS faster than real time never buffers a whole reply.
+
+What `recv()` returns depends on the codec the sender negotiated:
+
+- Opus (the normal case): encoded `av.Packet`s. agent.media.patches tells the track when the
+  sender starts (`encode_opus`); from then on the track encodes each slot itself, inline on the
+  event loop, with `agent.media.opus.SpeechEncoder` (the same libopus settings aiortc's patched
+  encoder has, byte-identical packets). aiortc then only packs them (`OpusEncoder.pack`): no
+  thread-pool round trip per frame and no pure-Python audio level. Settled digital silence is
+  not re-encoded (see SpeechEncoder). pts counts 48 kHz samples, so the RTP timestamp advances
+  960 per slot and jumps over skipped slots. Packets carry no ssrc-audio-level extension.
+- anything else (PCMU/PCMA callers, or a track no sender told): 20 ms `av.AudioFrame`s of
+  48 kHz mono s16, encoded by aiortc (in its thread pool).
 """
 
 from __future__ import annotations
@@ -13,15 +24,20 @@ import asyncio
 import fractions
 import logging
 from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, TypeAlias
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from agent.audio import OUT_FRAME_SAMPLES, OUT_RATE_HZ, Pcm16
 from agent.clock import Clock
+from agent.media.opus import OpusSendConfig, SpeechEncoder
 from agent.media.playout import PlayoutBuffer
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    OpusPacket: TypeAlias = av.Packet[av.stream.Stream]
 
 FRAME_S = OUT_FRAME_SAMPLES / OUT_RATE_HZ
 TIME_BASE = fractions.Fraction(1, OUT_RATE_HZ)
@@ -47,6 +63,7 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._epoch = 0  # bumped by clear(): audio still waiting for room then is stale
         self._t0: float | None = None
         self._frames = 0
+        self._encoder: SpeechEncoder | None = None
         self.frames_sent = 0
         self.audio_frames_sent = 0
 
@@ -58,7 +75,21 @@ class OutboundAudioTrack(MediaStreamTrack):
     def underruns(self) -> int:
         return self._buffer.underruns
 
-    async def recv(self) -> av.AudioFrame:
+    @property
+    def encoder(self) -> SpeechEncoder | None:
+        """The inline Opus encoder, once `encode_opus` was called."""
+        return self._encoder
+
+    def encode_opus(self, send: OpusSendConfig) -> None:
+        """From the next `recv()` on, return Opus packets encoded with these settings.
+
+        Called by agent.media.patches when a sender starts with Opus as its codec; a second
+        call (same sender, replaceTrack) keeps the encoder and its state.
+        """
+        if self._encoder is None:
+            self._encoder = SpeechEncoder(send)
+
+    async def recv(self) -> av.AudioFrame | OpusPacket:
         if self.readyState != "live":
             raise MediaStreamError
         now = self._clock.now()
@@ -81,15 +112,21 @@ class OutboundAudioTrack(MediaStreamTrack):
             if self._on_mark_started is not None:
                 self._on_mark_started(mark, t)
         self._wake()
-        frame = av.AudioFrame.from_ndarray(pulled.pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = OUT_RATE_HZ
-        frame.pts = self._frames * OUT_FRAME_SAMPLES
-        frame.time_base = TIME_BASE
+        data: av.AudioFrame | OpusPacket
+        if self._encoder is not None:
+            data = av.Packet(self._encoder.encode(pulled.pcm))
+        else:
+            data = av.AudioFrame.from_ndarray(
+                pulled.pcm.reshape(1, -1), format="s16", layout="mono"
+            )
+            data.sample_rate = OUT_RATE_HZ
+        data.pts = self._frames * OUT_FRAME_SAMPLES
+        data.time_base = TIME_BASE
         self._frames += 1
         self.frames_sent += 1
         if pulled.audio_samples:
             self.audio_frames_sent += 1
-        return frame
+        return data
 
     async def enqueue(self, pcm: Pcm16, mark: Hashable) -> None:
         """Queue 48 kHz mono PCM; waits while more than max_ahead_ms is already queued.
