@@ -247,6 +247,7 @@ def run_step(
         "calls": calls,
         "v2v_ms_p50": percentile(v2v, 50),
         "v2v_ms_p99": percentile(v2v, 99),
+        "v2v_ms": sorted(round(v) for v in v2v),
         "loop_lag_ms_p99": None if lag is None else lag * 1000,
         "late_frames": int(late),
         "late_pct": 100 * late / received if received else (0.0 if echo else None),
@@ -447,10 +448,13 @@ def main(argv: list[str] | None = None) -> int:
         with run_server(work, *serve) as server:
             print("full pipeline:")
             profile_dir = args.json.parent if args.profile else None
-            out.update(
-                ramp(server.url, server.proc.pid, steps, turns, speech_file, work,
-                     profile_dir=profile_dir)
-            )  # fmt: skip
+            try:
+                out.update(
+                    ramp(server.url, server.proc.pid, steps, turns, speech_file, work,
+                         profile_dir=profile_dir)
+                )  # fmt: skip
+            finally:  # slow turns log their stage times there (--slow-turn-ms)
+                shutil.copyfile(server.log_path, args.json.with_suffix(".server.log"))
         if not args.no_echo:
             print("transport only (echo):")
             with echo_server(work) as (url, pid):
@@ -466,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     if "echo" in out:
         e = out["echo"]
         print(f"transport only (echo): {e['max_calls']}  per call: {fmt(e['per_call'])}")
-    print(f"JSON: {args.json}  curve: {png}")
+    print(f"JSON: {args.json}  curve: {png}  server log: {args.json.with_suffix('.server.log')}")
     return 0
 
 

@@ -339,3 +339,26 @@ async def test_speech_after_the_reply_was_heard_is_a_new_turn() -> None:
     events, whisper = await run_continuation(CONTINUED, texts, unheard=False)
     assert [s.continues_turn for _, s in only(events, SpeechStarted)] == [False, False]
     assert whisper.calls == [24, 16], "only the new speech (and the onset pre-roll frame)"
+
+
+# "What is two plus … three?": the last word alone (160 ms, frames 40-47) is shorter than a
+# turn (min_utterance_ms 200) — but it continues the turn whose reply it took back.
+SHORT_LAST_WORD = "x" * 20 + "." * 20 + "x" * 8 + "." * 60
+
+
+async def test_a_short_word_that_continues_a_turn_ends_it_instead_of_being_noise() -> None:
+    texts = {24: "What is two plus?", 52: "What is two plus three?"}
+    events, whisper = await run_continuation(SHORT_LAST_WORD, texts, unheard=True)
+    assert [s.continues_turn for _, s in only(events, SpeechStarted)] == [False, True]
+    assert not only(events, NoiseOnly), "the turn that was taken back must get its answer"
+    assert whisper.calls == [24, 52], "the whole turn, the short word included"
+    assert [f.text for _, f in only(events, Final)] == [
+        "What is two plus?",
+        "What is two plus three?",
+    ]
+
+
+async def test_a_short_sound_after_a_heard_reply_is_still_noise() -> None:
+    texts = {24: "What is two plus?"}
+    events, _ = await run_continuation(SHORT_LAST_WORD, texts, unheard=False)
+    assert len(only(events, NoiseOnly)) == 1 and len(only(events, Final)) == 1

@@ -395,3 +395,15 @@ async def test_a_reply_already_playing_is_interrupted_not_taken_back() -> None:
     assert not rig.of_type("retracted")
     (turn,) = rig.of_type("turn")
     assert turn["interrupted"] and turn["reply"] == "Sure.", "what was heard stays"
+
+
+async def test_tts_is_read_ahead_so_a_shared_worker_is_free_before_playback_ends() -> None:
+    rig = Rig(ScriptedLlm("One two three."), ScriptedTts(chunks_per_unit=10))  # 1 s of audio
+    await rig.tm.on_speech_start()
+    await rig.tm.on_final("hi", rig.metrics())
+    await rig.settle()
+    assert rig.tts.closed == 1, "the whole unit was synthesized and its request ended"
+    assert sum(n for _, n in rig.sink.queue) <= 4 * CHUNK, "yet it plays at the track's pace"
+    await rig.play_all()
+    (turn,) = rig.of_type("turn")
+    assert turn["reply"] == "One two three."

@@ -17,7 +17,8 @@ still running); if it failed, the streaming recognizer's final is used.
     Partial        a changed live caption
     Paused         the user paused: the hypothesis a speculative reply may start from
     Resumed        speech came back after a pause
-    NoiseOnly      the "speech" was too short to be a turn
+    NoiseOnly      the "speech" was too short to be a turn (unless it continues the turn
+                   that just ended: then it is that turn's last word, and ends it)
     Final          end of turn: the final transcript (may be empty: heard, not understood)
 """
 
@@ -126,6 +127,7 @@ class Listener:
         self._transcriber = transcriber
         self._may_continue = may_continue
         self._continuable = False  # the last turn ended and may still be continued
+        self._continued = False  # the turn under way continues the one before it
         self._ended_at = 0.0
         frame_ms = endpointer.config.frame_ms
         self._preroll: collections.deque[Pcm16] = collections.deque(
@@ -171,6 +173,11 @@ class Listener:
         kind = event.kind
         if kind == EndpointKind.SPEECH_START:
             return [*out, await self._start(frame, event.speech_start)]
+        if kind == EndpointKind.NOISE and self._continued:
+            # Too short for a turn of its own, but it continues one: a last short word
+            # ("... two plus" — "three"). Ending the turn here keeps it (the reply to the first
+            # part was taken back when this began; as noise, the turn would have no reply).
+            kind = EndpointKind.END_OF_TURN
         if kind == EndpointKind.NOISE:
             await self._drop_pass(wasted=True)
             await rec.cancel()
@@ -214,6 +221,7 @@ class Listener:
             and frame.t - self._ended_at <= self._config.continue_window_ms / 1000
         )
         self._continuable = False
+        self._continued = continues
         previous = self._metrics
         self._turn += 1
         m = self._metrics = TurnMetrics(turn=self._turn)

@@ -358,10 +358,20 @@ class Reply:
         self.metrics.mark("tts_complete", clock.now())
 
     async def _synthesize(self, unit: _Unit) -> None:
+        """Speak one unit. Its audio is read from the TTS as fast as the engine makes it
+        (`_read_ahead`) and played at the track's pace from here: a shared TTS worker is
+        busy for the synthesis (~0.1-0.2 × real time), not for the whole playback, so other
+        calls' replies do not queue behind this one being listened to."""
         m, clock = self._m, self._m.clock
-        pending: list[Pcm16] = []
-        async with contextlib.aclosing(m.tts.synthesize(unit.text)) as audio:
-            async for pcm in audio:
+        chunks: asyncio.Queue[Pcm16 | BaseException | None] = asyncio.Queue()  # one unit's audio
+        reader = asyncio.get_running_loop().create_task(
+            _read_ahead(m.tts, unit.text, chunks), name=f"tts-read-{self.id}"
+        )
+        try:
+            pending: list[Pcm16] = []
+            while (pcm := await chunks.get()) is not None:
+                if isinstance(pcm, BaseException):
+                    raise pcm
                 self.metrics.mark("tts_first_chunk", clock.now())
                 unit.samples += pcm.size
                 if not self.committed.is_set():
@@ -371,10 +381,28 @@ class Reply:
                     await self._play(held, unit.mark)
                 pending.clear()
                 await self._play(pcm, unit.mark)
-        if pending:
-            await self.committed.wait()
-            for held in pending:
-                await self._play(held, unit.mark)
+            if pending:
+                await self.committed.wait()
+                for held in pending:
+                    await self._play(held, unit.mark)
+        finally:
+            reader.cancel()  # abandoned (barge-in, a failure): the pool cancels the request
+            await asyncio.gather(reader, return_exceptions=True)
+
+
+async def _read_ahead(
+    tts: TTS, text: str, chunks: asyncio.Queue[Pcm16 | BaseException | None]
+) -> None:
+    """The whole synthesis of `text` into `chunks` (unbounded: one sentence or so of
+    audio), then None; an engine error goes into the queue instead, for the player to raise."""
+    try:
+        async with contextlib.aclosing(tts.synthesize(text)) as audio:
+            async for pcm in audio:
+                chunks.put_nowait(pcm)
+    except Exception as exc:
+        chunks.put_nowait(exc)
+    else:
+        chunks.put_nowait(None)
 
 
 def _retry(exc: BaseException, attempt: int) -> bool:
