@@ -159,19 +159,51 @@ class Usage:
     cpu_s: float
     rss_mb: float
     t: float
+    by_kind: dict[str, float]  # CPU seconds by process kind (process_kind)
+    machine_busy_s: float  # CPU seconds the whole machine was busy (every process, callers too)
+
+
+# Which engine a process of the server's tree runs, from its command line.
+KINDS = (
+    ("agent.engines.asr_worker", "pocketsphinx"),
+    ("agent.engines.tts_worker", "tts"),
+    ("resource_tracker", "other"),
+    ("multiprocessing", "whisper"),
+)
+
+
+def process_kind(pid: int, root: int) -> str:
+    if pid == root:
+        return "server"
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "other"
+    return next((kind for needle, kind in KINDS if needle.encode() in cmdline), "other")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all CPUs spent not idle since boot (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / TICKS_PER_S
 
 
 def usage(root: int) -> Usage:
     """CPU seconds and resident memory of a process and all its descendants."""
     cpu = rss = 0.0
+    by_kind: dict[str, float] = {}
     for pid in process_tree(root):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        cpu += (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # utime, stime
+        cpu_s = (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # utime, stime
+        cpu += cpu_s
+        kind = process_kind(pid, root)
+        by_kind[kind] = by_kind.get(kind, 0.0) + cpu_s
         rss += int(fields[21]) * PAGE_BYTES / 2**20
-    return Usage(cpu, rss, time.monotonic())
+    return Usage(cpu, rss, time.monotonic(), by_kind, machine_busy_s())
 
 
 # --- the ramp ----------------------------------------------------------------------------
@@ -242,7 +274,12 @@ def run_step(
     wait = histogram_quantile(before, after, "ringback_engine_queue_wait_seconds", 0.99)
     late = counter_delta(before, after, "ringback_link_packets_total", kind="late")
     received = counter_delta(before, after, "ringback_link_packets_total", kind="received")
-    cpu_ms_per_s = 1000 * (u1.cpu_s - u0.cpu_s) / max(1e-9, u1.t - u0.t)
+    elapsed = max(1e-9, u1.t - u0.t)
+    cpu_ms_per_s = 1000 * (u1.cpu_s - u0.cpu_s) / elapsed
+    by_kind = {
+        kind: round(1000 * (u1.by_kind.get(kind, 0.0) - u0.by_kind.get(kind, 0.0)) / elapsed)
+        for kind in u1.by_kind
+    }
     return {
         "calls": calls,
         "v2v_ms_p50": percentile(v2v, 50),
@@ -259,6 +296,10 @@ def run_step(
         "turns": calls * turns,
         "failed_calls": calls - sum(1 for r in results if not r["errors"]),
         "cpu_ms_per_s": cpu_ms_per_s,
+        "cpu_ms_per_s_by_process": by_kind,  # a replaced worker's CPU before it died is lost
+        "machine_busy_pct": round(
+            100 * (u1.machine_busy_s - u0.machine_busy_s) / elapsed / (os.cpu_count() or 1), 1
+        ),
         "rss_mb": peak_rss,
     }
 
@@ -488,6 +529,13 @@ def print_step(step: dict[str, Any]) -> None:
         f"  whisper wait p99 {n(step['whisper_wait_ms_p99'])}"
         f"  answered {step['answered']}/{step['turns']}  cpu {n(step['cpu_ms_per_s'])} ms/s"
         f"  rss {n(step['rss_mb'])} MB  {'OVER: ' + ', '.join(step['over']) if step['over'] else ''}",
+        flush=True,
+    )
+    kinds = step.get("cpu_ms_per_s_by_process", {})
+    print(
+        "           cpu by process (ms/s): "
+        + "  ".join(f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        + f"  — machine busy {step.get('machine_busy_pct', '-')} %",
         flush=True,
     )
 

@@ -1102,3 +1102,15 @@ def test_config_boundaries_accepted_and_working(cfg: JitterConfig) -> None:
             kinds.append(slot.kind)
     assert cfg.min_delay_ms <= buf.target_delay_ms <= cfg.max_delay_ms
     assert kinds.count(SlotKind.PACKET) >= 80, kinds
+
+
+def test_the_delay_model_percentiles_are_numpys() -> None:
+    import numpy as np
+
+    from agent.media.rtp_jitter import _percentile
+
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 3, 75, 150):
+        values = sorted(rng.normal(0.05, 0.01, n).tolist())
+        for pct in (0.0, 5.0, 50.0, 95.0, 100.0):
+            assert _percentile(values, pct) == pytest.approx(np.percentile(values, pct), abs=1e-12)

@@ -11,6 +11,7 @@ For metrics: `llm.breakers` (role → CircuitBreaker: `.state`, `.transitions`) 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from agent.conversation.turns import FAULT_PHRASES
 from agent.engines.breaker import LlmChain
 from agent.engines.interfaces import LLM
 from agent.engines.pocketsphinx_asr import PocketsphinxEngine
+from agent.engines.priority import CRITICAL_PATH
 from agent.engines.silero_vad import SileroModel
 from agent.engines.silero_vad import default_model_path as silero_model_path
 from agent.engines.tts_pool import TtsWorkerPool
@@ -88,7 +90,10 @@ class Engines:
             if config.speech.kind == "silero"
             else None
         )
-        asr = PocketsphinxEngine(config.asr_pool)
+        asr_pool = config.asr_pool
+        if config.asr == "pocketsphinx":  # its finals are the transcript, not just captions
+            asr_pool = dataclasses.replace(asr_pool, niceness=CRITICAL_PATH)
+        asr = PocketsphinxEngine(asr_pool)
         await asr.start()
         transcriber = WhisperPool(config.whisper) if config.asr == "hybrid" else None
         if transcriber is not None:

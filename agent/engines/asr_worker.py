@@ -1,6 +1,6 @@
 """Streaming-ASR worker process: pocketsphinx decoders for many calls, driven over pipes.
 
-Run as `python -m agent.engines.asr_worker PRELOAD`. pocketsphinx holds the GIL while it
+Run as `python -m agent.engines.asr_worker PRELOAD [NICENESS]` (agent/engines/priority.py). pocketsphinx holds the GIL while it
 decodes (~2 ms per 20 ms frame) and while it loads a decoder (~0.25 s), so in the server's
 process it would stall every call's audio; here it stalls nobody. agent/engines/
 pocketsphinx_asr.py starts a few of these and spreads the calls over them.
@@ -29,6 +29,8 @@ import ctypes.util
 import struct
 import sys
 from typing import Any, BinaryIO
+
+from agent.engines.priority import CAPTIONS, lower_priority
 
 HEADER = struct.Struct(">BII")
 
@@ -173,6 +175,7 @@ def serve(decoders: Decoders, stdin: BinaryIO, stdout: BinaryIO) -> None:
 
 def main() -> None:
     keep = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    lower_priority(int(sys.argv[2]) if len(sys.argv) > 2 else CAPTIONS)
     decoders = Decoders(keep)
     stdout = sys.stdout.buffer
     stdout.write(HEADER.pack(READY, 0, 0))

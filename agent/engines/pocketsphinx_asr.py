@@ -5,8 +5,11 @@ decoder (~0.25 s). In the server's process that stalled the event loop — every
 — and was the largest item of a profile at 4 calls (58 % of the samples holding the GIL).
 So the decoders live in a few worker processes (agent/engines/asr_worker.py), one per core by
 default, shared by every call: a call's recognizer is bound to the process with the fewest
-calls, and its audio goes down a pipe without waiting for an answer. Only `partial` and
-`finish` wait, for one short answer.
+calls, and its audio goes down a pipe without waiting for an answer. `partial` does not wait
+either: it returns the newest hypothesis the worker has sent and asks for the next one, so a
+busy worker makes captions a little late but never holds up the call's audio (the listener
+reads every frame through `push` and `partial`; a stalled listener stretches the silence
+that ends the turn). Only `finish` waits, for one short answer.
 
 A worker that dies or does not answer within `answer_timeout_s` is killed and replaced (logged
 at WARNING, counted in `restarts`). Its calls lose their live captions — `partial` returns ""
@@ -31,8 +34,12 @@ from agent.audio import ASR_RATE_HZ, Pcm16
 from agent.clock import Clock, MonotonicClock
 from agent.engines.asr_worker import CANCEL, ERROR, FINISH, HEADER, HYP, PUSH, READY, START, TEXT
 from agent.engines.interfaces import EngineError
+from agent.engines.priority import CAPTIONS
 
 log = logging.getLogger(__name__)
+
+# Audio waiting in a worker's pipe beyond this (~16 s of 16 kHz PCM) means it hung.
+MAX_BACKLOG_BYTES = 512 * 1024
 
 
 def default_processes() -> int:
@@ -43,6 +50,7 @@ def default_processes() -> int:
 class AsrPoolConfig:
     processes: int = field(default_factory=default_processes)
     preload: int = 2  # idle decoders each process keeps (~95 MB each)
+    niceness: int = CAPTIONS  # CRITICAL_PATH when its finals are the transcript
     start_timeout_s: float = 60.0
     answer_timeout_s: float = 2.0
 
@@ -139,6 +147,7 @@ class PocketsphinxEngine:
             "-m",
             "agent.engines.asr_worker",
             str(self.config.preload),
+            str(self.config.niceness),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -197,8 +206,10 @@ class PocketsphinxEngine:
         process.calls += 1
         return process
 
-    def hung(self, process: _Process) -> None:
-        log.warning("ASR worker pid=%d did not answer in time: killing it", process.proc.pid)
+    def hung(self, process: _Process, why: str) -> None:
+        if not process.alive:
+            return
+        log.warning("ASR worker pid=%d %s: killing it", process.proc.pid, why)
         process.kill()  # its watcher replaces it
 
     def create(self) -> PocketsphinxRecognizer:
@@ -226,6 +237,9 @@ class PocketsphinxRecognizer:
         self._stream = stream
         self._process: _Process | None = None
         self._in_utt = False
+        self._hypothesis = ""  # the newest partial the worker sent for this utterance
+        self._asked: asyncio.Future[str] | None = None  # the partial asked for, not yet here
+        self._asked_at = 0.0
 
     async def open(self) -> None:
         self._process = self._engine.bind()
@@ -242,38 +256,54 @@ class PocketsphinxRecognizer:
             async with self._engine._clock.timeout(self._engine.config.answer_timeout_s):
                 return await answer
         except TimeoutError:
-            self._engine.hung(self._process)
+            self._engine.hung(self._process, "did not answer in time")
             raise EngineError("pocketsphinx did not answer in time", retryable=True) from None
 
     async def start(self) -> None:
         self._send(START)
         self._in_utt = True
+        self._forget_partial()
 
     async def push(self, pcm16: Pcm16) -> None:
         if self._in_utt and self._process is not None:
             self._send(PUSH, pcm16.tobytes())
-            if self._process.alive:
-                with contextlib.suppress(ConnectionError):
-                    await self._process.stdin.drain()  # only waits if the worker falls behind
+            backlog = self._process.stdin.transport.get_write_buffer_size()
+            if self._process.alive and backlog > MAX_BACKLOG_BYTES:
+                self._engine.hung(self._process, "is seconds of audio behind")
 
     async def partial(self) -> str:
-        if not self._in_utt:
+        """The newest hypothesis at hand (at once); the next one is asked for meanwhile."""
+        if not self._in_utt or self._process is None:
             return ""
-        try:
-            return await self._ask(HYP)
-        except EngineError as exc:
-            log.debug("no live caption: %s", exc)
-            return ""
+        asked, now = self._asked, self._engine._clock.now()
+        if asked is not None and not asked.done():
+            if now - self._asked_at > self._engine.config.answer_timeout_s:
+                self._engine.hung(self._process, "did not answer in time")  # fails `asked`
+            return self._hypothesis
+        if asked is not None and not asked.cancelled() and asked.exception() is None:
+            self._hypothesis = asked.result()
+        self._asked, self._asked_at = self._process.ask(HYP, self._stream), now
+        return self._hypothesis
+
+    def _forget_partial(self) -> None:
+        asked = self._asked
+        if asked is not None and not asked.done():
+            asked.cancel()  # its answer still comes, in order, and is dropped
+        elif asked is not None and not asked.cancelled():
+            asked.exception()  # seen: a failed partial is not worth a log line
+        self._asked, self._hypothesis = None, ""
 
     async def finish(self) -> str:
         if not self._in_utt:
             return ""
         self._in_utt = False
+        self._forget_partial()
         return await self._ask(FINISH)
 
     async def cancel(self) -> None:
         if self._in_utt:
             self._in_utt = False
+            self._forget_partial()
             self._send(CANCEL)
 
     async def aclose(self) -> None:
@@ -282,6 +312,7 @@ class PocketsphinxRecognizer:
         if process is None:
             return
         self._in_utt = False
+        self._forget_partial()
         with contextlib.suppress(ConnectionError, RuntimeError):
             process.send(CANCEL, self._stream)
         process.calls -= 1

@@ -32,8 +32,6 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-import numpy as np
-
 
 @dataclass(frozen=True)
 class RtpIn:
@@ -101,6 +99,14 @@ class JitterStats:
     wait_ms: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=500))
 
 
+def _percentile(ordered: list[float], pct: float) -> float:
+    """`pct` of sorted values, interpolated linearly (numpy's default method)."""
+    position = pct / 100 * (len(ordered) - 1)
+    below = int(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+
+
 def _unwrap(value: int, reference: int | None, bits: int) -> int:
     """Extend a wrapping counter to the unbounded value nearest to `reference`."""
     if reference is None:
@@ -134,6 +140,7 @@ class AdaptiveJitterBuffer:
         self._next_ts: int | None = None  # ext ts of the frame to play next
         self._played_seqs: collections.deque[int] = collections.deque(maxlen=256)
         self._transit: collections.deque[tuple[float, float]] = collections.deque()
+        self._pcts: tuple[float, float] | None = None  # _transit_pcts() of this window
         self._first_arrival: float | None = None
         self._since_adjust = 0
         self._provisional_lost = 0
@@ -165,6 +172,7 @@ class AdaptiveJitterBuffer:
             return
         # Late packets count for the delay model too: they are the news that jitter grew.
         self._transit.append((arrival_s, arrival_s - ext_ts / self._rate))
+        self._pcts = None
         while self._transit and self._transit[0][0] < arrival_s - self.config.window_s:
             self._transit.popleft()
         if self._next_ts is not None and ext_ts < self._next_ts:
@@ -195,9 +203,18 @@ class AdaptiveJitterBuffer:
         return self._target_ms(*self._transit_pcts())
 
     def _transit_pcts(self) -> tuple[float, float]:
-        """The reference (REF_PCT) and high (config.percentile) recent transit times, in s."""
-        ref, high = np.percentile([t for _, t in self._transit], [REF_PCT, self.config.percentile])
-        return float(ref), float(high)
+        """The reference (REF_PCT) and high (config.percentile) recent transit times, in s.
+
+        Computed once per change of the window (every pop reads it) and in plain Python:
+        for the ~75 values of a 1.5 s window that is ~3 µs against ~26 µs for np.percentile,
+        on the event loop, 50 times a second per call."""
+        if self._pcts is None:
+            values = sorted(t for _, t in self._transit)
+            self._pcts = (
+                _percentile(values, REF_PCT),
+                _percentile(values, self.config.percentile),
+            )
+        return self._pcts
 
     def _target_ms(self, ref_s: float, high_s: float) -> float:
         jitter_ms = (high_s - ref_s) * 1000
