@@ -6,16 +6,20 @@
 A real server process; at each step, N callers in N separate processes (so the server is what
 is measured), each a real aiortc peer holding a conversation: it speaks a sentence (piper),
 listens to the whole reply, pauses 1-2.5 s, and so on, starting staggered. Voice-to-voice is
-measured from the audio at the callers. Between steps the server's /metrics is scraped: its
-event-loop lag (p99 of the step, from the histogram's buckets), late inbound packets, and the
-whisper queue wait; CPU and RSS are read from /proc for the server and its worker processes.
+measured from the audio at the callers. The callers stand for remote peers but share the
+server's CPUs here, so they run at a lower priority (`--caller-nice`, default 10; 0 makes them
+compete as equals, which understates the server). Between steps the server's /metrics is
+scraped: its event-loop lag (p99 of the step, from the histogram's buckets), late inbound
+packets, and the whisper queue wait; CPU and RSS are read from /proc for the server and its
+worker processes (also by process kind), and how busy the whole machine was.
 The ramp stops at the first step over a limit (v2v p99 > 1.2 s, over 1 % of inbound packets
 late, loop lag p99 > 50 ms, a turn unanswered); `max_calls` is the last step within all of them.
 
 Transport only, side by side: the same ramp against bench.echo_server (aiortc sends each
 caller's audio back: no speech pipeline), whose "v2v" is the audio's round trip; `--no-echo`
-skips it. `--quick` (two short steps each) runs in CI. Absolute numbers are only meaningful on an otherwise
-idle machine.
+skips it. `--quick` (two short steps each) runs in CI. Absolute numbers are only meaningful on
+an otherwise idle machine. The server's log is kept next to the JSON (`.server.log`): a turn
+slower than `--slow-turn-ms` logs its stage times there.
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ async def echo_round_trip(caller: Any, pcm: Any, mark: object) -> float | None:
 
 
 def caller_main(args: argparse.Namespace) -> int:
+    os.nice(int(os.environ.get(CALLER_NICE_ENV, "0")))
     with np.load(args.speech) as data:
         speech = {text: data[f"s{i}"] for i, text in enumerate(SAY)}
     result = asyncio.run(
@@ -101,6 +106,10 @@ def caller_main(args: argparse.Namespace) -> int:
     )
     Path(args.out).write_text(json.dumps(result))
     return 0
+
+
+# The callers' niceness (--caller-nice), passed to them in their environment.
+CALLER_NICE_ENV = "RINGBACK_BENCH_CALLER_NICE"
 
 
 # --- the server's side: /metrics and /proc ----------------------------------------------
@@ -461,6 +470,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--echo-caller", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-echo", action="store_true", help="skip the transport-only ramp")
     p.add_argument(
+        "--caller-nice",
+        type=int,
+        default=10,
+        help="niceness of the caller processes: they stand for remote peers, so they should not "
+        "take CPU from the server they measure (0: compete with it as equals)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="py-spy the server at every step (collapsed stacks next to the JSON); the JSON "
@@ -476,8 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     png = args.png or args.json.with_suffix(".png")
     serve = ["--max-sessions", str(max(steps) + 2), *args.serve_args.split()]
     serve += ["--workers", str(args.workers)]
+    os.environ[CALLER_NICE_ENV] = str(args.caller_nice)  # read by every caller process
     speech = asyncio.run(synthesize_all())
-    out: dict[str, Any] = {"workers": args.workers,
+    out: dict[str, Any] = {"workers": args.workers, "caller_nice": args.caller_nice,
                            "limits": {"v2v_ms_p99": V2V_LIMIT_MS,
                                       "loop_lag_ms_p99": LOOP_LAG_LIMIT_MS, "late_pct": LATE_LIMIT_PCT},
                            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},

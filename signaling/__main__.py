@@ -138,7 +138,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "piper (natural voice) | espeak (fast, robotic; needs espeak-ng)",
     )
     arg("--tts-voice", "", str, "piper: path to an .onnx voice; espeak: a voice name")
-    arg("--tts-workers", 2, int, "TTS worker processes shared by all calls")
+    arg("--tts-workers", tp.workers, int, "TTS worker processes shared by all calls")
     arg(
         "--tts-first-chunk-timeout-s",
         tp.first_chunk_timeout_s,

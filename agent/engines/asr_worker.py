@@ -38,10 +38,17 @@ START, PUSH, HYP, FINISH, CANCEL = (ord(c) for c in "SPHFC")
 READY, TEXT, ERROR = (ord(c) for c in "RTX")
 
 
+# Cheaper search than pocketsphinx's defaults, as accurate here: every other frame's GMM
+# scores (ds), 2 Gaussians per mixture (topn), at most 3,000 active HMMs per frame, and no
+# second flat-lexicon pass at the end. Measured on six piper sentences: 45 instead of 99 ms of
+# CPU per second of audio, WER 0.21 instead of 0.23.
+DECODER_OPTIONS: dict[str, Any] = {"ds": 2, "topn": 2, "maxhmmpf": 3000, "fwdflat": False}
+
+
 def load_decoder() -> Any:
     import pocketsphinx
 
-    return pocketsphinx.Decoder(loglevel="FATAL")
+    return pocketsphinx.Decoder(loglevel="FATAL", **DECODER_OPTIONS)
 
 
 def trim_heap() -> None:

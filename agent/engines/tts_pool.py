@@ -50,7 +50,7 @@ REASONS = (DIED, HUNG, DRAIN_HUNG, PROTOCOL)
 class TtsPoolConfig:
     engine: str = "piper"  # piper | espeak
     voice: str | None = None  # piper: path to an .onnx voice; espeak: voice name
-    workers: int = 2
+    workers: int = 3  # one thread each: a short sentence need not wait behind a long one
     start_timeout_s: float = 60.0
     first_chunk_timeout_s: float = 3.0
     chunk_timeout_s: float = 3.0

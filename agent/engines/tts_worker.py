@@ -127,9 +127,12 @@ class PiperBackend:
         with open(model_path + ".json", encoding="utf-8") as f:
             config = PiperConfig.from_dict(json.load(f))
         opts = onnxruntime.SessionOptions()
-        threads = int(os.environ.get("RINGBACK_TTS_THREADS", "0"))
-        if threads:
-            opts.intra_op_num_threads = threads
+        # One thread that never spins: the pool's workers run side by side on the cores,
+        # so a short sentence is not stuck behind a long one, and no core is burnt waiting
+        # (measured: 0.045 s of CPU per second of speech, against 0.059 with onnxruntime's
+        # default of a spinning thread per core).
+        opts.intra_op_num_threads = int(os.environ.get("RINGBACK_TTS_THREADS", "1"))
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = onnxruntime.InferenceSession(
             model_path, sess_options=opts, providers=["CPUExecutionProvider"]
         )
