@@ -305,7 +305,9 @@ def server_config(a: argparse.Namespace) -> ServerConfig:
             talker_margin_db=a.talker_margin_db,
         ),
         asr=a.asr,
-        asr_pool=AsrPoolConfig(processes=a.asr_workers or max(1, default_processes() // a.workers)),
+        asr_pool=AsrPoolConfig(
+            processes=a.asr_workers or max(1, default_processes() // max(1, a.workers))
+        ),
         whisper=WhisperConfig(workers=a.whisper_workers, cpu_threads=a.whisper_threads),
         listener=ListenerConfig(
             turn_end=TurnEndConfig(

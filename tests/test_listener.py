@@ -283,6 +283,33 @@ async def test_a_pass_slower_than_the_longest_wait_is_awaited_at_the_end_of_turn
     assert not only(events, Paused), "no hypothesis before the final: nothing to speculate on"
 
 
+class FailingRecognizer(ScriptedRecognizer):
+    async def finish(self) -> str:
+        self.calls.append("finish")
+        raise EngineError("the ASR worker is gone", retryable=True)
+
+
+async def test_both_recognizers_failing_costs_the_turn_its_words_not_the_call() -> None:
+    clock = FakeClock()
+    listener = Listener(
+        MarkedVoice(),
+        Endpointer(EndpointerConfig()),
+        FailingRecognizer(),
+        clock,
+        ListenerConfig(preroll_ms=0),
+        transcriber=ScriptedTranscriber(clock, "unused", fail=True),
+    )
+    events = []
+    for frame in frames_of("x" * 20 + "." * 40, t0=clock.now()):
+        feeding = asyncio.get_running_loop().create_task(listener.feed(frame))
+        while not feeding.done():
+            await clock.advance(0.005)
+        events += feeding.result()
+        await clock.advance(0.02 - (clock.now() - frame.t) % 0.02)
+    (final,) = [e for e in events if isinstance(e, Final)]
+    assert final.text == "", "heard, not understood"
+
+
 async def test_a_failed_pass_falls_back_to_the_streaming_final() -> None:
     events, rec, _ = await run_hybrid(
         "x" * 20 + "." * 40, lambda c: ScriptedTranscriber(c, "unused", fail=True)

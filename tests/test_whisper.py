@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +149,38 @@ async def test_passes_run_in_worker_processes_and_a_dead_worker_is_replaced(
         assert pid not in [c.pid for c in multiprocessing.active_children()]
     finally:
         await p.aclose()
+
+
+def test_worker_processes_die_with_a_killed_server(tmp_path: Path) -> None:
+    """SIGKILL the process that owns a pool: its whisper workers (~170 MB each) go too."""
+    code = (
+        "import asyncio, os\n"
+        "from agent.engines import whisper_worker\n"
+        "from agent.engines.whisper_pool import WhisperConfig, WhisperPool\n"
+        "async def main():\n"
+        "    p = WhisperPool(WhisperConfig(workers=1))\n"
+        "    await p.start()\n"
+        "    loop = asyncio.get_running_loop()\n"
+        "    print(await loop.run_in_executor(p._executor, whisper_worker.ready), flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    import subprocess
+
+    owner = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE
+    )
+    try:
+        assert owner.stdout is not None
+        worker = int(owner.stdout.readline())
+        assert Path(f"/proc/{worker}").exists()
+        owner.kill()
+        owner.wait()
+        for _ in range(100):
+            if not Path(f"/proc/{worker}").exists():
+                break
+            time.sleep(0.05)
+        assert not Path(f"/proc/{worker}").exists(), "the worker outlived its server"
+    finally:
+        owner.kill()
+        owner.wait()

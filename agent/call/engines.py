@@ -22,11 +22,11 @@ from agent.conversation.turns import FAULT_PHRASES
 from agent.engines.breaker import LlmChain
 from agent.engines.interfaces import LLM
 from agent.engines.pocketsphinx_asr import PocketsphinxEngine
-from agent.engines.priority import CRITICAL_PATH
 from agent.engines.silero_vad import SileroModel
 from agent.engines.silero_vad import default_model_path as silero_model_path
 from agent.engines.tts_pool import TtsWorkerPool
 from agent.engines.whisper_pool import WhisperPool
+from agent.engines.worker_setup import CRITICAL_PATH
 
 log = logging.getLogger(__name__)
 

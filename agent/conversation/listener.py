@@ -289,9 +289,9 @@ class Listener:
     async def _final(self) -> str:
         """The accurate pass's text if there is one (adopted, or run now), else the streaming
         recognizer's final."""
-        m, rec = self._metrics, self._rec
+        m = self._metrics
         if self._transcriber is None:
-            return await rec.finish()
+            return await self._streaming_final()
         if self._pass is None:
             self._start_pass()
         task, self._pass = self._pass, None
@@ -300,13 +300,22 @@ class Listener:
             result = await task
         except EngineError as exc:
             log.warning("accurate ASR pass failed, using the streaming final: %s", exc)
-            return await rec.finish()
-        await rec.cancel()
+            return await self._streaming_final()
+        await self._rec.cancel()
         m.asr_queue_wait_ms = round(result.queue_wait_s * 1000, 1)
         m.asr_pass_ms = round(result.compute_s * 1000, 1)
         if m.completeness is None:
             m.completeness = str(completeness(result.text))
         return result.text
+
+    async def _streaming_final(self) -> str:
+        """The streaming recognizer's final; "" (heard, not understood) if it failed: a
+        recognizer fault costs this turn its words, never the call."""
+        try:
+            return await self._rec.finish()
+        except EngineError as exc:
+            log.warning("streaming ASR failed at the end of the turn: %s", exc)
+            return ""
 
     async def _drop_pass(self, wasted: bool) -> None:
         task, self._pass = self._pass, None

@@ -1,6 +1,6 @@
 """Streaming-ASR worker process: pocketsphinx decoders for many calls, driven over pipes.
 
-Run as `python -m agent.engines.asr_worker PRELOAD [NICENESS]` (agent/engines/priority.py). pocketsphinx holds the GIL while it
+Run as `python -m agent.engines.asr_worker PRELOAD [NICENESS]` (agent/engines/worker_setup.py). pocketsphinx holds the GIL while it
 decodes (~2 ms per 20 ms frame) and while it loads a decoder (~0.25 s), so in the server's
 process it would stall every call's audio; here it stalls nobody. agent/engines/
 pocketsphinx_asr.py starts a few of these and spreads the calls over them.
@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import struct
 import sys
 from typing import Any, BinaryIO
 
-from agent.engines.priority import CAPTIONS, lower_priority
+from agent.engines.worker_setup import CAPTIONS, become_engine_worker
 
 HEADER = struct.Struct(">BII")
 
@@ -51,10 +52,15 @@ def load_decoder() -> Any:
     return pocketsphinx.Decoder(loglevel="FATAL", **DECODER_OPTIONS)
 
 
+@functools.cache
+def _malloc_trim() -> Any:
+    name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+
+
 def trim_heap() -> None:
     """Give freed heap pages back to the OS (glibc keeps them otherwise); no-op elsewhere."""
-    name = ctypes.util.find_library("c")
-    malloc_trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    malloc_trim = _malloc_trim()
     if malloc_trim is not None:
         malloc_trim(0)
 
@@ -89,7 +95,9 @@ class Decoders:
             self._drop(stream)
 
     def hyp(self, stream: int) -> str:
-        self._raise_error(stream)
+        error = self._errors.get(stream)  # kept: the utterance's final must report it too
+        if error is not None:
+            raise RuntimeError(error)
         decoder = self._busy.get(stream)
         return _text(decoder) if decoder is not None else ""
 
@@ -102,9 +110,12 @@ class Decoders:
             decoder.end_utt()
             text = _text(decoder)
         except Exception:
-            self._discard()
+            del decoder
+            trim_heap()
             raise
-        self._release(decoder)
+        if not self._keep_idle(decoder):
+            del decoder  # the last reference: pocketsphinx frees its model copy
+            trim_heap()
         return text
 
     def cancel(self, stream: int) -> None:
@@ -115,9 +126,12 @@ class Decoders:
         try:
             decoder.end_utt()
         except Exception:
-            self._discard()
+            del decoder
+            trim_heap()
             return
-        self._release(decoder)
+        if not self._keep_idle(decoder):
+            del decoder
+            trim_heap()
 
     def _raise_error(self, stream: int) -> None:
         error = self._errors.pop(stream, None)
@@ -126,18 +140,14 @@ class Decoders:
 
     def _drop(self, stream: int) -> None:
         if self._busy.pop(stream, None) is not None:
-            self._discard()
+            trim_heap()  # that was the last reference: the decoder is freed
 
-    def _release(self, decoder: Any) -> None:
+    def _keep_idle(self, decoder: Any) -> bool:
+        """Keep a decoder for the next utterance if fewer than `keep` are idle."""
         if len(self._idle) < self._keep:
             self._idle.append(decoder)
-            return
-        del decoder  # the last reference: pocketsphinx frees its model copy
-        self._discard()
-
-    @staticmethod
-    def _discard() -> None:
-        trim_heap()
+            return True
+        return False
 
 
 def _text(decoder: Any) -> str:
@@ -182,7 +192,7 @@ def serve(decoders: Decoders, stdin: BinaryIO, stdout: BinaryIO) -> None:
 
 def main() -> None:
     keep = int(sys.argv[1]) if len(sys.argv) > 1 else 1
-    lower_priority(int(sys.argv[2]) if len(sys.argv) > 2 else CAPTIONS)
+    become_engine_worker(int(sys.argv[2]) if len(sys.argv) > 2 else CAPTIONS)
     decoders = Decoders(keep)
     stdout = sys.stdout.buffer
     stdout.write(HEADER.pack(READY, 0, 0))

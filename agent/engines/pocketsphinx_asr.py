@@ -11,10 +11,12 @@ busy worker makes captions a little late but never holds up the call's audio (th
 reads every frame through `push` and `partial`; a stalled listener stretches the silence
 that ends the turn). Only `finish` waits, for one short answer.
 
-A worker that dies or does not answer within `answer_timeout_s` is killed and replaced (logged
-at WARNING, counted in `restarts`). Its calls lose their live captions — `partial` returns ""
-— and their `finish` fails with a retryable EngineError, which the listener answers with the
-accurate pass's text or an empty final; calls that start later use the new worker.
+A worker that dies, owes answers and gives none for `answer_timeout_s` (slow is not hung: any
+answer counts as progress), or falls 0.5 MB of audio behind is killed and replaced (logged at
+WARNING, counted in `restarts`). The utterances it was decoding lose their captions — `partial`
+returns "" — and their `finish` fails with a retryable EngineError, which the listener answers
+with the accurate pass's text or an empty final. Each call moves to a live worker at its next
+utterance; with none alive it has no captions until the replacement is up.
 """
 
 from __future__ import annotations
@@ -22,28 +24,39 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import itertools
 import logging
+import math
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agent.audio import ASR_RATE_HZ, Pcm16
 from agent.clock import Clock, MonotonicClock
 from agent.engines.asr_worker import CANCEL, ERROR, FINISH, HEADER, HYP, PUSH, READY, START, TEXT
 from agent.engines.interfaces import EngineError
-from agent.engines.priority import CAPTIONS
+from agent.engines.worker_setup import CAPTIONS
 
 log = logging.getLogger(__name__)
 
-# Audio waiting in a worker's pipe beyond this (~16 s of 16 kHz PCM) means it hung.
+# Audio waiting in a worker's pipe beyond this (16 s of one call's 16 kHz PCM, shared by all
+# the worker's calls) means it is not keeping up and will not catch up.
 MAX_BACKLOG_BYTES = 512 * 1024
 
 
 def default_processes() -> int:
-    return max(1, len(os.sched_getaffinity(0)))
+    """The CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a
+    container limited to 2 CPUs on a 64-core host gets 2)."""
+    cpus = len(os.sched_getaffinity(0))
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    return max(1, cpus)
 
 
 @dataclass(frozen=True)
@@ -64,14 +77,20 @@ class AsrPoolConfig:
 class _Process:
     """One worker process: requests down its stdin, answers matched by position."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, now: Callable[[], float]) -> None:
         assert proc.stdin is not None and proc.stdout is not None
         self.proc = proc
         self.stdin = proc.stdin
         self.stdout = proc.stdout
         self.calls = 0  # recognizers bound to this process
         self.alive = True
+        self._now = now
+        self.answered_at = now()  # its last answer (or its start): busy is not hung
         self._answers: collections.deque[asyncio.Future[str]] = collections.deque()
+
+    def silent_for(self) -> float:
+        """How long it has owed an answer without giving any (0 when it owes none)."""
+        return self._now() - self.answered_at if self._answers else 0.0
 
     def send(self, kind: int, stream: int, payload: bytes = b"") -> None:
         """Queue a request; a dead process takes nothing (its calls already degraded)."""
@@ -84,6 +103,8 @@ class _Process:
         if not self.alive:
             answer.set_exception(EngineError("the ASR worker is gone", retryable=True))
             return answer
+        if not self._answers:
+            self.answered_at = self._now()  # owes nothing until now
         self._answers.append(answer)
         self.send(kind, stream)
         return answer
@@ -94,7 +115,8 @@ class _Process:
             while True:
                 head = await self.stdout.readexactly(HEADER.size)
                 kind, _stream, size = HEADER.unpack(head)
-                text = (await self.stdout.readexactly(size)).decode() if size else ""
+                text = (await self.stdout.readexactly(size)).decode(errors="replace")
+                self.answered_at = self._now()
                 if not self._answers:
                     raise EngineError(f"the ASR worker answered {kind!r} unasked")
                 answer = self._answers.popleft()
@@ -151,7 +173,7 @@ class PocketsphinxEngine:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
-        process = _Process(proc)
+        process = _Process(proc, self._clock.now)
         try:
             async with self._clock.timeout(self.config.start_timeout_s):
                 head = await process.stdout.readexactly(HEADER.size)
@@ -163,18 +185,26 @@ class PocketsphinxEngine:
             if isinstance(exc, (TimeoutError, asyncio.IncompleteReadError, EngineError)):
                 raise EngineError(f"the pocketsphinx worker failed to start: {exc!r}") from exc
             raise
+        if self._closed:  # closed while it started: aclose no longer sees it
+            process.kill()
+            await proc.wait()
+            return
         self._processes.append(process)
         self._own(self._watch(process))
         log.info("ASR worker pid=%d ready", proc.pid)
 
     def _own(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
+        # A fresh context: started during some call, the chore must not log under its id.
+        task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _watch(self, process: _Process) -> None:
         """Read the process's answers; when it ends, reap it and (unless closing) replace it."""
-        await process.read_answers()
+        try:
+            await process.read_answers()
+        except Exception:  # it broke the protocol: replaced like a dead one
+            log.exception("ASR worker pid=%d sent something unexpected", process.proc.pid)
         if process in self._processes:
             self._processes.remove(process)
         process.kill()
@@ -193,21 +223,22 @@ class PocketsphinxEngine:
             try:
                 await self._spawn()
                 return
-            except EngineError as exc:
+            except Exception as exc:  # e.g. out of file descriptors: try again later
                 log.warning("ASR worker respawn failed (%s): retrying in %.1f s", exc, delay)
                 await self._clock.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    def bind(self) -> _Process:
-        """The live process with the fewest calls, for a new call."""
-        if not self._processes:
-            raise EngineError("no ASR worker is running", retryable=True)
-        process = min(self._processes, key=lambda p: p.calls)
+    def bind(self) -> _Process | None:
+        """The live process with the fewest calls (None while none is: being replaced)."""
+        live = [p for p in self._processes if p.alive]
+        if not live:
+            return None
+        process = min(live, key=lambda p: p.calls)
         process.calls += 1
         return process
 
     def hung(self, process: _Process, why: str) -> None:
-        if not process.alive:
+        if not process.alive or self._closed:
             return
         log.warning("ASR worker pid=%d %s: killing it", process.proc.pid, why)
         process.kill()  # its watcher replaces it
@@ -239,9 +270,17 @@ class PocketsphinxRecognizer:
         self._in_utt = False
         self._hypothesis = ""  # the newest partial the worker sent for this utterance
         self._asked: asyncio.Future[str] | None = None  # the partial asked for, not yet here
-        self._asked_at = 0.0
 
     async def open(self) -> None:
+        self._process = self._engine.bind()
+
+    def _rebind(self) -> None:
+        """At an utterance's start: off a worker that died, onto a live one if there is one
+        (a call outlives its worker; without one it has no captions until one is back)."""
+        if self._process is not None and self._process.alive:
+            return
+        if self._process is not None:
+            self._process.calls -= 1
         self._process = self._engine.bind()
 
     def _send(self, kind: int, payload: bytes = b"") -> None:
@@ -256,10 +295,18 @@ class PocketsphinxRecognizer:
             async with self._engine._clock.timeout(self._engine.config.answer_timeout_s):
                 return await answer
         except TimeoutError:
-            self._engine.hung(self._process, "did not answer in time")
+            self._check_hung()
             raise EngineError("pocketsphinx did not answer in time", retryable=True) from None
 
+    def _check_hung(self) -> None:
+        """A worker that owes answers and has given none for answer_timeout_s is hung; one
+        that is only slow (busy with other calls' audio) is left alone."""
+        process = self._process
+        if process is not None and process.silent_for() > self._engine.config.answer_timeout_s:
+            self._engine.hung(process, "gave no answer in time")
+
     async def start(self) -> None:
+        self._rebind()
         self._send(START)
         self._in_utt = True
         self._forget_partial()
@@ -269,20 +316,19 @@ class PocketsphinxRecognizer:
             self._send(PUSH, pcm16.tobytes())
             backlog = self._process.stdin.transport.get_write_buffer_size()
             if self._process.alive and backlog > MAX_BACKLOG_BYTES:
-                self._engine.hung(self._process, "is seconds of audio behind")
+                self._engine.hung(self._process, "is far behind (its pipe holds 0.5 MB of audio)")
 
     async def partial(self) -> str:
         """The newest hypothesis at hand (at once); the next one is asked for meanwhile."""
         if not self._in_utt or self._process is None:
             return ""
-        asked, now = self._asked, self._engine._clock.now()
+        asked = self._asked
         if asked is not None and not asked.done():
-            if now - self._asked_at > self._engine.config.answer_timeout_s:
-                self._engine.hung(self._process, "did not answer in time")  # fails `asked`
+            self._check_hung()  # a kill fails `asked`
             return self._hypothesis
         if asked is not None and not asked.cancelled() and asked.exception() is None:
             self._hypothesis = asked.result()
-        self._asked, self._asked_at = self._process.ask(HYP, self._stream), now
+        self._asked = self._process.ask(HYP, self._stream)
         return self._hypothesis
 
     def _forget_partial(self) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import struct
@@ -289,8 +290,9 @@ class TtsWorkerPool:
             )
 
     def _own(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run a pool chore as a task the pool owns (cancelled and awaited in aclose)."""
-        task = asyncio.get_running_loop().create_task(coro)
+        """Run a pool chore as a task the pool owns (cancelled and awaited in aclose), in a
+        fresh context: started during some call, it must not log under that call's id."""
+        task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from agent.audio import OUT_RATE_HZ, Resampler
-from agent.engines.priority import CRITICAL_PATH, lower_priority
+from agent.engines.worker_setup import CRITICAL_PATH, become_engine_worker
 
 CHUNK_SAMPLES = 4_800  # 100 ms per pipe write
 
@@ -211,7 +211,7 @@ def _speak(
 
 
 def main() -> int:
-    lower_priority(CRITICAL_PATH)
+    become_engine_worker(CRITICAL_PATH)
     engine = sys.argv[1] if len(sys.argv) > 1 else "piper"
     voice = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] else None
     out = sys.stdout.buffer

@@ -3,8 +3,9 @@
 Every call's passes wait in one FIFO queue and run in `workers` processes, each with its own
 copy of the model (agent/engines/whisper_worker.py), never in the server's process: CTranslate2
 holds the GIL for part of each pass, which in threads slowed the event loop carrying every
-call's audio. A worker that dies fails the pass it was running (retryable: the listener falls
-back to the streaming recognizer's final) and the pool is started again. Each
+call's audio. A worker that dies breaks the whole process pool: the passes running then fail (retryable:
+the listener falls back to the streaming recognizer's final) and a new pool is made, whose
+processes load the model at its first pass (~0.5 s more for that pass). Each
 call has at most one pass queued at a time (the listener cancels its old pass before it
 starts a new one), so FIFO order is fair between calls. A pass cancelled before it starts
 costs nothing; one cancelled while running finishes in its process and is dropped. The queue
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -74,7 +76,7 @@ class WhisperPool:
             # Not fork: the server has threads (aiortc, onnxruntime) a fork would copy mid-way.
             mp_context=multiprocessing.get_context("spawn"),
             initializer=whisper_worker.load,
-            initargs=(cfg.cpu_threads, cfg.window_s, cfg.no_speech_threshold),
+            initargs=(os.getpid(), cfg.cpu_threads, cfg.window_s, cfg.no_speech_threshold),
         )
 
     async def start(self) -> None:

@@ -11,15 +11,15 @@ from __future__ import annotations
 import os
 
 from agent.audio import Pcm16
-from agent.engines.priority import CRITICAL_PATH, lower_priority
 from agent.engines.whisper_final import Transcript, WhisperFinal, model_dir
+from agent.engines.worker_setup import CRITICAL_PATH, become_engine_worker
 
 _model: WhisperFinal | None = None
 
 
-def load(cpu_threads: int, window_s: float, no_speech_threshold: float) -> None:
+def load(parent_pid: int, cpu_threads: int, window_s: float, no_speech_threshold: float) -> None:
     global _model
-    lower_priority(CRITICAL_PATH)
+    become_engine_worker(CRITICAL_PATH, parent_pid)
     _model = WhisperFinal(
         model_dir(), cpu_threads, window_s=window_s, no_speech_threshold=no_speech_threshold
     )
