@@ -248,8 +248,11 @@ class Caller:
             return await self._say_recording(label, pcm, timeout_s, speech_end_s)
         t_start = self.clock.now()
         t_end = await self.play(pcm, ("utt", label, t_start))
+        # Not a turn the caller cut off while still speaking (the agent answered "what is two
+        # plus" and was interrupted by "three"): the answer is the turn after it.
         turn = await self.wait_event(
-            lambda d: d.get("type") == "turn" or (d.get("type") == "final" and not d.get("text")),
+            lambda d: (d.get("type") == "turn" and not d.get("interrupted"))
+            or (d.get("type") == "final" and not d.get("text")),
             t_start,
             timeout_s,
         )

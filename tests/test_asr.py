@@ -126,7 +126,7 @@ async def test_a_dead_worker_degrades_its_calls_and_is_replaced(speech: dict[str
 
 
 async def test_a_hung_worker_is_killed_and_replaced(speech: dict[str, Any]) -> None:
-    engine = PocketsphinxEngine(AsrPoolConfig(processes=1, preload=1, answer_timeout_s=0.5))
+    engine = PocketsphinxEngine(AsrPoolConfig(processes=1, preload=1, answer_timeout_s=0.5, hung_after_s=0.5))
     await engine.start()
     try:
         rec = engine.create()
@@ -136,7 +136,7 @@ async def test_a_hung_worker_is_killed_and_replaced(speech: dict[str, Any]) -> N
         os.kill(process.proc.pid, signal.SIGSTOP)
         assert await rec.partial() == ""  # asked; no answer comes
         await asyncio.sleep(0.6)
-        assert await rec.partial() == ""  # given up after answer_timeout_s: the worker is killed
+        assert await rec.partial() == ""  # no answer for hung_after_s: the worker is killed
         await process.proc.wait()
         with pytest.raises(EngineError):
             await rec.finish()
@@ -148,5 +148,27 @@ async def test_a_hung_worker_is_killed_and_replaced(speech: dict[str, Any]) -> N
         _, final = await recognize(engine, speech["What is your name?"])
         assert wer("what is your name", final) == 0.0, final
         assert engine.restarts == 1
+    finally:
+        await engine.aclose()
+
+
+async def test_a_worker_far_behind_skips_caption_audio_instead_of_dying() -> None:
+    engine = PocketsphinxEngine(AsrPoolConfig(processes=1, preload=1))
+    await engine.start()
+    try:
+        rec = engine.create()
+        await rec.open()
+        await rec.start()
+        (process,) = engine._processes
+        os.kill(process.proc.pid, signal.SIGSTOP)  # as starved as it gets
+        try:
+            for _ in range(1000):  # 20 s of audio
+                await rec.push(np.zeros(320, np.int16))
+            assert rec.skipped_frames >= 400, "the backlog stays bounded (~256 KB + the pipe)"
+            assert process.alive and engine.restarts == 0, "behind is not hung"
+        finally:
+            os.kill(process.proc.pid, signal.SIGCONT)
+        assert await rec.finish() == ""  # it caught up and answered (silence: no words)
+        await rec.aclose()
     finally:
         await engine.aclose()

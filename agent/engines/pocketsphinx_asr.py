@@ -11,9 +11,11 @@ busy worker makes captions a little late but never holds up the call's audio (th
 reads every frame through `push` and `partial`; a stalled listener stretches the silence
 that ends the turn). Only `finish` waits, for one short answer.
 
-A worker that dies, owes answers and gives none for `answer_timeout_s` (slow is not hung: any
-answer counts as progress), or falls 0.5 MB of audio behind is killed and replaced (logged at
-WARNING, counted in `restarts`). The utterances it was decoding lose their captions — `partial`
+Under load a worker falls behind (it runs at a low CPU priority): captions come late, and past
+`MAX_BACKLOG_BYTES` of audio waiting in its pipe a call's audio is skipped rather than queued
+(its captions miss words; the words the agent answers come from whisper). A worker that dies,
+or owes answers and gives none for `hung_after_s` (slow is not hung: any answer counts as
+progress), is killed and replaced (logged at WARNING, counted in `restarts`). The utterances it was decoding lose their captions — `partial`
 returns "" — and their `finish` fails with a retryable EngineError, which the listener answers
 with the accurate pass's text or an empty final. Each call moves to a live worker at its next
 utterance; with none alive it has no captions until the replacement is up.
@@ -43,9 +45,9 @@ from agent.engines.worker_setup import CAPTIONS
 
 log = logging.getLogger(__name__)
 
-# Audio waiting in a worker's pipe beyond this (16 s of one call's 16 kHz PCM, shared by all
-# the worker's calls) means it is not keeping up and will not catch up.
-MAX_BACKLOG_BYTES = 512 * 1024
+# Audio waiting in a worker's pipe beyond this (8 s of one call's 16 kHz PCM, shared by all
+# the worker's calls) is not added to: the worker is behind and captions would only lag more.
+MAX_BACKLOG_BYTES = 256 * 1024
 
 
 def default_processes() -> int:
@@ -65,12 +67,13 @@ class AsrPoolConfig:
     preload: int = 2  # idle decoders each process keeps (~95 MB each)
     niceness: int = CAPTIONS  # CRITICAL_PATH when its finals are the transcript
     start_timeout_s: float = 60.0
-    answer_timeout_s: float = 2.0
+    answer_timeout_s: float = 2.0  # `finish` gives up (the turn's fallback text is "")
+    hung_after_s: float = 10.0  # owing answers and giving none this long: killed, replaced
 
     def __post_init__(self) -> None:
         if self.processes < 1 or self.preload < 0:
             raise ValueError("ASR processes must be >= 1 and preload >= 0")
-        if self.answer_timeout_s <= 0 or self.start_timeout_s <= 0:
+        if min(self.answer_timeout_s, self.hung_after_s, self.start_timeout_s) <= 0:
             raise ValueError("ASR timeouts must be positive")
 
 
@@ -269,6 +272,7 @@ class PocketsphinxRecognizer:
         self._process: _Process | None = None
         self._in_utt = False
         self._hypothesis = ""  # the newest partial the worker sent for this utterance
+        self.skipped_frames = 0  # audio not sent because the worker was far behind
         self._asked: asyncio.Future[str] | None = None  # the partial asked for, not yet here
 
     async def open(self) -> None:
@@ -299,10 +303,10 @@ class PocketsphinxRecognizer:
             raise EngineError("pocketsphinx did not answer in time", retryable=True) from None
 
     def _check_hung(self) -> None:
-        """A worker that owes answers and has given none for answer_timeout_s is hung; one
-        that is only slow (busy with other calls' audio) is left alone."""
+        """A worker that owes answers and has given none for hung_after_s is hung; one that
+        is only slow (busy with other calls' audio) is left alone."""
         process = self._process
-        if process is not None and process.silent_for() > self._engine.config.answer_timeout_s:
+        if process is not None and process.silent_for() > self._engine.config.hung_after_s:
             self._engine.hung(process, "gave no answer in time")
 
     async def start(self) -> None:
@@ -312,11 +316,12 @@ class PocketsphinxRecognizer:
         self._forget_partial()
 
     async def push(self, pcm16: Pcm16) -> None:
-        if self._in_utt and self._process is not None:
-            self._send(PUSH, pcm16.tobytes())
-            backlog = self._process.stdin.transport.get_write_buffer_size()
-            if self._process.alive and backlog > MAX_BACKLOG_BYTES:
-                self._engine.hung(self._process, "is far behind (its pipe holds 0.5 MB of audio)")
+        if not self._in_utt or self._process is None or not self._process.alive:
+            return
+        if self._process.stdin.transport.get_write_buffer_size() > MAX_BACKLOG_BYTES:
+            self.skipped_frames += 1  # the worker is far behind: captions miss this frame
+            return
+        self._send(PUSH, pcm16.tobytes())
 
     async def partial(self) -> str:
         """The newest hypothesis at hand (at once); the next one is asked for meanwhile."""
