@@ -64,6 +64,14 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+def default_workers() -> int:
+    """One server process per 4 cores. The engines run in worker processes that use every
+    core already; one event loop carries ~10 calls at ~0.3 of a core (bench.capacity). On 2
+    cores one process sustained 10 calls and two processes 8, with 1.6x the memory (two
+    sets of engines competing for the same cores)."""
+    return max(1, default_processes() // 4)
+
+
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     d = ServerConfig()
     e = EndpointerConfig()
@@ -270,9 +278,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     arg("--log-level", "INFO", str, "DEBUG | INFO | WARNING")
     arg(
         "--workers",
-        default_processes(),
+        default_workers(),
         int,
-        "worker processes behind this address, calls spread over them (default: one per core)",
+        "server processes behind this address, calls spread over them (default: one per 4 "
+        "cores; the engines already use every core)",
     )
     arg("--session-id-prefix", "", str, "prefix of this server's session ids (set by --workers)")
     arg("--agent-check-port", 0, int, "TCP port telling HAProxy the load (agent-check); 0: off")

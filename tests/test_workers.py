@@ -149,13 +149,15 @@ def test_agent_check_lines_follow_the_load() -> None:
     assert agent_reply(1.0) == "drain\n"
 
 
-def test_one_worker_per_core_by_default_and_the_asr_processes_shared_out() -> None:
+def test_one_worker_per_four_cores_by_default_and_the_asr_processes_shared_out() -> None:
     parser = argparse.ArgumentParser()
     add_serve_args(parser)
     cores = len(os.sched_getaffinity(0))
     config = server_config(parser.parse_args([]))
-    assert config.workers == cores
-    assert config.agent.asr_pool.processes == max(1, cores // cores)
+    assert config.workers == max(1, cores // 4)
+    assert config.agent.asr_pool.processes == max(1, cores // config.workers)
+    config = server_config(parser.parse_args(["--workers", "2"]))
+    assert config.agent.asr_pool.processes == max(1, cores // 2)
     config = server_config(parser.parse_args(["--workers", "1"]))
     assert config.agent.asr_pool.processes == cores
     config = server_config(parser.parse_args(["--workers", "1", "--asr-workers", "3"]))
