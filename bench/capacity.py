@@ -127,12 +127,13 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def histogram_quantile(before: dict[Any, float], after: dict[Any, float], name: str,
-                       q: float) -> float | None:  # fmt: skip
-    """The q-quantile (upper bucket bound) of what a histogram observed between two scrapes."""
+                       q: float, **only: str) -> float | None:  # fmt: skip
+    """The q-quantile (upper bucket bound) of what a histogram observed between two scrapes
+    (of its series with the labels in `only`)."""
     buckets = sorted(
         (float(dict(labels)["le"]), after[(n, labels)] - before.get((n, labels), 0.0))
         for (n, labels) in after
-        if n == name + "_bucket"
+        if n == name + "_bucket" and all(dict(labels).get(k) == v for k, v in only.items())
     )
     if not buckets or buckets[-1][1] <= 0:
         return None
@@ -280,7 +281,12 @@ def run_step(
     results = [json.loads(o.read_text()) for o in outs if o.exists()]
     v2v = [v for r in results for v in r["v2v_ms"]]
     lag = histogram_quantile(before, after, "ringback_event_loop_lag_hist_seconds", 0.99)
-    wait = histogram_quantile(before, after, "ringback_engine_queue_wait_seconds", 0.99)
+    waits = {
+        engine: histogram_quantile(
+            before, after, "ringback_engine_queue_wait_seconds", 0.99, engine=engine
+        )
+        for engine in ("whisper", "tts")
+    }
     late = counter_delta(before, after, "ringback_link_packets_total", kind="late")
     received = counter_delta(before, after, "ringback_link_packets_total", kind="received")
     elapsed = max(1e-9, u1.t - u0.t)
@@ -300,7 +306,8 @@ def run_step(
         "concealed_frames": int(
             counter_delta(before, after, "ringback_link_frames_total", kind="concealed")
         ),
-        "whisper_wait_ms_p99": None if wait is None else wait * 1000,
+        "whisper_wait_ms_p99": None if waits["whisper"] is None else waits["whisper"] * 1000,
+        "tts_wait_ms_p99": None if waits["tts"] is None else waits["tts"] * 1000,
         "answered": sum(r["answered"] for r in results),
         "turns": calls * turns,
         "failed_calls": calls - sum(1 for r in results if not r["errors"]),
@@ -544,6 +551,7 @@ def print_step(step: dict[str, Any]) -> None:
         f"{step['calls']:>3} calls  v2v p50 {n(step['v2v_ms_p50']):>5} p99 {n(step['v2v_ms_p99']):>5}"
         f"  loop lag p99 {n(step['loop_lag_ms_p99']):>4}  late {step['late_frames']}"
         f"  whisper wait p99 {n(step['whisper_wait_ms_p99'])}"
+        f"  TTS first audio p99 {n(step.get('tts_wait_ms_p99'))}"
         f"  answered {step['answered']}/{step['turns']}  cpu {n(step['cpu_ms_per_s'])} ms/s"
         f"  rss {n(step['rss_mb'])} MB  {'OVER: ' + ', '.join(step['over']) if step['over'] else ''}",
         flush=True,

@@ -123,7 +123,8 @@ class ServerStats:
         )
         self.queue_wait = Histogram(
             "ringback_engine_queue_wait_seconds",
-            "Wait for a shared engine worker (whisper: the accurate pass).",
+            "Wait for a shared engine: whisper (queued before the accurate pass starts), tts "
+            "(a sentence's request to its first audio, queue and synthesis).",
             ["engine"],
             buckets=SHORT_BUCKETS,
             registry=r,
@@ -149,6 +150,7 @@ class ServerStats:
         for k in PACKET_KINDS:
             self.link_packets.labels(k)
         self.queue_wait.labels("whisper")
+        self.queue_wait.labels("tts")
         self._recent: dict[str, collections.deque[float]] = {
             stage: collections.deque(maxlen=window) for stage in (*STAGES, *HEARING)
         }
@@ -208,9 +210,10 @@ class ServerStats:
             value = metrics.get(stage)
             if isinstance(value, float):
                 hist.observe(max(0.0, value) / 1000)
-        wait = metrics.get("asr_queue_wait_ms")
-        if isinstance(wait, float):
-            self.queue_wait.labels("whisper").observe(max(0.0, wait) / 1000)
+        for engine, key in (("whisper", "asr_queue_wait_ms"), ("tts", "tts_wait_ms")):
+            wait = metrics.get(key)
+            if isinstance(wait, float):
+                self.queue_wait.labels(engine).observe(max(0.0, wait) / 1000)
 
     def record_link_report(self, link: Mapping[str, object]) -> None:
         """A periodic `link` report of a call in progress."""
