@@ -210,10 +210,12 @@ class ServerStats:
             value = metrics.get(stage)
             if isinstance(value, float):
                 hist.observe(max(0.0, value) / 1000)
-        for engine, key in (("whisper", "asr_queue_wait_ms"), ("tts", "tts_wait_ms")):
-            wait = metrics.get(key)
-            if isinstance(wait, float):
-                self.queue_wait.labels(engine).observe(max(0.0, wait) / 1000)
+        wait = metrics.get("asr_queue_wait_ms")
+        if isinstance(wait, float):
+            self.queue_wait.labels("whisper").observe(max(0.0, wait) / 1000)
+        asked, first = metrics.get("tts_started_ms"), metrics.get("tts_first_chunk_ms")
+        if isinstance(asked, float) and isinstance(first, float):  # the reply's first sentence
+            self.queue_wait.labels("tts").observe(max(0.0, first - asked) / 1000)
 
     def record_link_report(self, link: Mapping[str, object]) -> None:
         """A periodic `link` report of a call in progress."""
