@@ -1,9 +1,10 @@
 """Streaming-ASR worker process: pocketsphinx decoders for many calls, driven over pipes.
 
-Run as `python -m agent.engines.asr_worker PRELOAD [NICENESS]` (agent/engines/worker_setup.py). pocketsphinx holds the GIL while it
-decodes (~2 ms per 20 ms frame) and while it loads a decoder (~0.25 s), so in the server's
-process it would stall every call's audio; here it stalls nobody. agent/engines/
-pocketsphinx_asr.py starts a few of these and spreads the calls over them.
+Run as `python -m agent.engines.asr_worker PRELOAD [NICENESS]` (see worker_setup.py).
+pocketsphinx holds the GIL while it decodes (~2 ms per 20 ms frame) and while it loads a
+decoder (~0.25 s), so in the server's process it would stall every call's audio; here it
+stalls nobody. agent/engines/pocketsphinx_asr.py starts a few of these and spreads the calls
+over them.
 
 Decoders belong to utterances, not calls: `start` takes an idle decoder (loading one if none
 is idle) and `finish`/`cancel` gives it back, so a worker needs as many decoders (~95 MB each)

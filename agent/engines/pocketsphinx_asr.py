@@ -15,9 +15,10 @@ Under load a worker falls behind (it runs at a low CPU priority): captions come 
 `MAX_BACKLOG_BYTES` of audio waiting in its pipe a call's audio is skipped rather than queued
 (its captions miss words; the words the agent answers come from whisper). A worker that dies,
 or owes answers and gives none for `hung_after_s` (slow is not hung: any answer counts as
-progress), is killed and replaced (logged at WARNING, counted in `restarts`). The utterances it was decoding lose their captions — `partial`
-returns "" — and their `finish` fails with a retryable EngineError, which the listener answers
-with the accurate pass's text or an empty final. Each call moves to a live worker at its next
+progress), is killed and replaced (logged at WARNING, counted in `restarts`). The utterances
+it was decoding lose their captions — `partial` returns "" — and their `finish` fails with a
+retryable EngineError, which the listener answers with the accurate pass's text or an empty
+final. Each call moves to a live worker at its next
 utterance; with none alive it has no captions until the replacement is up.
 """
 

@@ -1,13 +1,13 @@
 """The accurate final pass as a shared engine: whisper tiny.en in a pool of worker processes.
 
 Every call's passes wait in one FIFO queue and run in `workers` processes, each with its own
-copy of the model (agent/engines/whisper_worker.py), never in the server's process: CTranslate2
-holds the GIL for part of each pass, which in threads slowed the event loop carrying every
-call's audio. A worker that dies breaks the whole process pool: the passes running then fail (retryable:
-the listener falls back to the streaming recognizer's final) and a new pool is made, whose
-processes load the model at its first pass (~0.5 s more for that pass). Each
-call has at most one pass queued at a time (the listener cancels its old pass before it
-starts a new one), so FIFO order is fair between calls. A pass cancelled before it starts
+copy of the model (agent/engines/whisper_worker.py), never in the server's process:
+CTranslate2 holds the GIL for part of each pass, which in threads slowed the event loop
+carrying every call's audio. A worker that dies breaks the whole process pool: the passes
+running then fail (retryable: the listener falls back to the streaming recognizer's final)
+and a new pool is made, whose processes load the model at its first pass (~0.5 s more for
+that pass). Each call has at most one pass queued at a time (the listener cancels its old
+pass before it starts a new one), so FIFO order is fair between calls. A pass cancelled before it starts
 costs nothing; one cancelled while running finishes in its process and is dropped. The queue
 is bounded: beyond `max_queue` waiting passes, `transcribe` fails at once (retryable) and the
 listener falls back to the streaming recognizer's final.
