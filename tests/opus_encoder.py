@@ -1,8 +1,9 @@
 """A thin libopus encoder for tests: 48 kHz int16 → Opus packets of exactly 20 ms.
 
-The product sends through aiortc's own encoder (configured in agent.media.patches); the tests
-need packets they control (FEC on or off, stereo, a given bitrate) to exercise the decoder.
-It uses the same ctypes binding of PyAV's bundled libopus as agent.media.opus.
+The product sends with agent.media.opus.SpeechEncoder (aiortc's settings, fixed); the tests
+need packets they control (FEC on or off, mono or stereo, a given bitrate, complexity, VBR) to
+exercise the decoder. It uses the same ctypes binding of PyAV's bundled libopus and the same
+request codes as agent.media.opus.
 """
 
 from __future__ import annotations
@@ -13,16 +14,11 @@ import ctypes
 import numpy as np
 
 from agent.audio import Pcm16
+from agent.media import opus
 from agent.media.opus import FRAME_SAMPLES, SAMPLE_RATE_HZ, OpusError, _check, _library
 
-OPUS_SET_BITRATE = 4002
-OPUS_SET_VBR = 4006
-OPUS_SET_COMPLEXITY = 4010
-OPUS_SET_INBAND_FEC = 4012
-OPUS_SET_PACKET_LOSS_PERC = 4014
 OPUS_GET_LOOKAHEAD = 4027
-APPLICATIONS = {"voip": 2048, "audio": 2049, "lowdelay": 2051}
-MAX_PACKET_BYTES = 4000  # encoder output buffer (libopus' recommended upper bound)
+APPLICATIONS = {"voip": opus._OPUS_APPLICATION_VOIP, "audio": 2049, "lowdelay": 2051}
 
 
 class OpusEncoder:
@@ -52,10 +48,10 @@ class OpusEncoder:
         if err.value != 0 or not state:
             raise OpusError(err.value or -7, "opus_encoder_create")
         self._state = state
-        self._set(OPUS_SET_BITRATE, bitrate_bps, "OPUS_SET_BITRATE")
-        self._set(OPUS_SET_INBAND_FEC, 1 if fec else 0, "OPUS_SET_INBAND_FEC")
-        self._set(OPUS_SET_PACKET_LOSS_PERC, packet_loss_pct, "OPUS_SET_PACKET_LOSS_PERC")
-        self._out = ctypes.create_string_buffer(MAX_PACKET_BYTES)
+        self._set(opus._OPUS_SET_BITRATE, bitrate_bps, "OPUS_SET_BITRATE")
+        self._set(opus._OPUS_SET_INBAND_FEC, 1 if fec else 0, "OPUS_SET_INBAND_FEC")
+        self._set(opus._OPUS_SET_PACKET_LOSS_PERC, packet_loss_pct, "OPUS_SET_PACKET_LOSS_PERC")
+        self._out = ctypes.create_string_buffer(opus._MAX_PACKET_BYTES)
         self.frames_encoded = 0
 
     def _live(self) -> int:
@@ -68,10 +64,10 @@ class OpusEncoder:
 
     def set_complexity(self, complexity: int) -> None:
         """0 (cheapest) … 10 (default, best)."""
-        self._set(OPUS_SET_COMPLEXITY, complexity, "OPUS_SET_COMPLEXITY")
+        self._set(opus._OPUS_SET_COMPLEXITY, complexity, "OPUS_SET_COMPLEXITY")
 
     def set_vbr(self, vbr: bool) -> None:
-        self._set(OPUS_SET_VBR, 1 if vbr else 0, "OPUS_SET_VBR")
+        self._set(opus._OPUS_SET_VBR, 1 if vbr else 0, "OPUS_SET_VBR")
 
     @property
     def lookahead(self) -> int:
@@ -94,7 +90,7 @@ class OpusEncoder:
             )
         frame = np.ascontiguousarray(pcm)
         n = self._lib.encode(
-            self._live(), frame.ctypes.data, FRAME_SAMPLES, self._out, MAX_PACKET_BYTES
+            self._live(), frame.ctypes.data, FRAME_SAMPLES, self._out, opus._MAX_PACKET_BYTES
         )
         _check(n, "opus_encode")
         self.frames_encoded += 1

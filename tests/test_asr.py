@@ -4,8 +4,10 @@ spread over the workers, decoders reused across utterances, and workers that die
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,25 @@ async def live_caption(rec: PocketsphinxRecognizer) -> str:
     return ""
 
 
+@contextlib.asynccontextmanager
+async def running(**config: Any) -> AsyncIterator[PocketsphinxEngine]:
+    """A started engine (one worker, one warm decoder unless `config` says more), closed after."""
+    engine = PocketsphinxEngine(AsrPoolConfig(**{"processes": 1, "preload": 1, **config}))
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.aclose()
+
+
+async def replaced(engine: PocketsphinxEngine, process: Any) -> None:
+    """Until the watcher has replaced `process` (30 s at most: a loaded CI machine)."""
+    for _ in range(600):
+        if engine._processes and engine._processes[0] is not process:
+            return
+        await asyncio.sleep(0.05)
+
+
 async def recognize(engine: PocketsphinxEngine, pcm48k: Any) -> tuple[str, str]:
     rec = engine.create()
     await rec.open()
@@ -49,9 +70,7 @@ async def recognize(engine: PocketsphinxEngine, pcm48k: Any) -> tuple[str, str]:
 
 
 async def test_accurate_and_a_reused_decoder_starts_clean(speech: dict[str, Any]) -> None:
-    engine = PocketsphinxEngine(AsrPoolConfig(processes=1, preload=1))
-    await engine.start()
-    try:
+    async with running() as engine:
         partial, final = await recognize(engine, speech["What time is it?"])
         assert wer("what time is it", final) == 0.0, final
         assert partial, "a hypothesis exists before the end of the utterance"
@@ -67,36 +86,30 @@ async def test_accurate_and_a_reused_decoder_starts_clean(speech: dict[str, Any]
         _, final = await say(rec, speech["What is your name?"])
         assert wer("what is your name", final) == 0.0, final
         await rec.aclose()
-    finally:
-        await engine.aclose()
 
 
 async def test_calls_spread_over_the_workers_and_speak_at_once(speech: dict[str, Any]) -> None:
-    engine = PocketsphinxEngine(AsrPoolConfig(processes=2, preload=1))
-    await engine.start()
-    try:
+    async with running(processes=2) as engine:
         recs = [engine.create() for _ in range(3)]
         for rec in recs:
             await rec.open()
         assert sorted(p.calls for p in engine._processes) == [1, 2]
         # Three people talking at once, on two workers (one loads a second decoder).
         texts = ["What time is it?", "What is your name?", "What time is it?"]
-        results = await asyncio.gather(*(say(r, speech[t]) for r, t in zip(recs, texts, strict=True)))
+        results = await asyncio.gather(
+            *(say(r, speech[t]) for r, t in zip(recs, texts, strict=True))
+        )
         for (_, final), text in zip(results, texts, strict=True):
             assert wer(text.lower().rstrip("?"), final) == 0.0, (text, final)
         for rec in recs:
             await rec.aclose()
         assert [p.calls for p in engine._processes] == [0, 0]
         procs = [p.proc for p in engine._processes]
-    finally:
-        await engine.aclose()
     assert all(proc.returncode is not None for proc in procs), "closing ends the workers"
 
 
 async def test_a_dead_worker_degrades_its_calls_and_is_replaced(speech: dict[str, Any]) -> None:
-    engine = PocketsphinxEngine(AsrPoolConfig(processes=1, preload=1))
-    await engine.start()
-    try:
+    async with running() as engine:
         rec = engine.create()
         await rec.open()
         await rec.start()
@@ -109,10 +122,7 @@ async def test_a_dead_worker_degrades_its_calls_and_is_replaced(speech: dict[str
         with pytest.raises(EngineError) as err:
             await rec.finish()
         assert err.value.retryable
-        for _ in range(600):  # the watcher replaces the worker (30 s: a loaded CI machine)
-            if engine._processes and engine._processes[0] is not process:
-                break
-            await asyncio.sleep(0.05)
+        await replaced(engine, process)
         assert engine.restarts == 1
         # The same call, at its next utterance, is on the new worker.
         _, final = await say(rec, speech["What time is it?"])
@@ -121,14 +131,10 @@ async def test_a_dead_worker_degrades_its_calls_and_is_replaced(speech: dict[str
         assert [p.calls for p in engine._processes] == [0]
         _, final = await recognize(engine, speech["What is your name?"])
         assert wer("what is your name", final) == 0.0, final
-    finally:
-        await engine.aclose()
 
 
 async def test_a_hung_worker_is_killed_and_replaced(speech: dict[str, Any]) -> None:
-    engine = PocketsphinxEngine(AsrPoolConfig(processes=1, preload=1, answer_timeout_s=0.5, hung_after_s=0.5))
-    await engine.start()
-    try:
+    async with running(answer_timeout_s=0.5, hung_after_s=0.5) as engine:
         rec = engine.create()
         await rec.open()
         await rec.start()
@@ -141,21 +147,14 @@ async def test_a_hung_worker_is_killed_and_replaced(speech: dict[str, Any]) -> N
         with pytest.raises(EngineError):
             await rec.finish()
         await rec.aclose()
-        for _ in range(600):
-            if engine._processes and engine._processes[0] is not process:
-                break
-            await asyncio.sleep(0.05)
+        await replaced(engine, process)
         _, final = await recognize(engine, speech["What is your name?"])
         assert wer("what is your name", final) == 0.0, final
         assert engine.restarts == 1
-    finally:
-        await engine.aclose()
 
 
 async def test_a_worker_far_behind_skips_caption_audio_instead_of_dying() -> None:
-    engine = PocketsphinxEngine(AsrPoolConfig(processes=1, preload=1))
-    await engine.start()
-    try:
+    async with running() as engine:
         rec = engine.create()
         await rec.open()
         await rec.start()
@@ -170,5 +169,3 @@ async def test_a_worker_far_behind_skips_caption_audio_instead_of_dying() -> Non
             os.kill(process.proc.pid, signal.SIGCONT)
         assert await rec.finish() == ""  # it caught up and answered (silence: no words)
         await rec.aclose()
-    finally:
-        await engine.aclose()
