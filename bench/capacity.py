@@ -1,25 +1,33 @@
 """Capacity benchmark: how many conversational calls one `ringback serve` sustains.
 
-    python -m bench.capacity [--steps 1,2,4,6,8,10,12] [--turns 4] [--workers N]
-                             [--json bench/results/capacity.json] [--png FILE] [--quick]
+    python -m bench.capacity [--steps 1,4,8,10,12] [--turns 3] [--arrivals burst,spread]
+                             [--workers N] [--json bench/results/capacity.json] [--quick]
 
 A real server process; at each step, N callers in N separate processes (so the server is what
-is measured), each a real aiortc peer holding a conversation: it speaks a sentence (piper),
-listens to the whole reply, pauses 1-2.5 s, and so on, starting staggered. Voice-to-voice is
-measured from the audio at the callers. The callers stand for remote peers but share the
-server's CPUs here, so they run at a lower priority (`--caller-nice`, default 10; 0 makes them
-compete as equals, which understates the server). Between steps the server's /metrics is
-scraped: its event-loop lag (p99 of the step, from the histogram's buckets), late inbound
-packets, and the whisper queue wait; CPU and RSS are read from /proc for the server and its
-worker processes (also by process kind), and how busy the whole machine was.
+is measured), each a real aiortc peer holding a conversation: it speaks a question (piper) and
+listens to the whole reply, turn after turn. The questions are what people ask (SAY): most of
+the built-in responder's replies are long (3–7 s), a few short, as an LLM's would be. Each
+step runs twice: with the callers' turns ending together (`burst`: several people stop
+talking at the same instant) and spread evenly over a 14 s period (`spread`: callers talk
+while other calls' replies play). Voice-to-voice is measured from the audio at the callers.
+The callers stand for remote peers but share the server's CPUs here, so they run at a lower
+priority (`--caller-nice`, default 10; 0 makes them compete as equals, which understates the
+server). Between steps the server's /metrics is scraped: its event-loop lag (p99 of the step,
+from the histogram's buckets), late inbound packets, and the engines' queue waits by class of
+work (first audio, turn final, speculative, read-ahead); the slow-turn lines of the server's
+log are summarized per step; CPU, RSS and PSS are read from /proc for the server and all its
+worker processes (RSS sums pages shared between processes in each; PSS splits them, so it
+adds up), and how busy the whole machine was. Calls the server refuses (503: it sheds load)
+are counted with the time their answer took, not as failures.
 The ramp stops at the first step over a limit (v2v p99 > 1.2 s, over 1 % of inbound packets
-late, loop lag p99 > 50 ms, a turn unanswered); `max_calls` is the last step within all of them.
+late, loop lag p99 > 50 ms, a turn of an admitted call unanswered); `max_calls` is the last
+step within all of them, in both arrival patterns.
 
 Transport only, side by side: the same ramp against bench.echo_server (aiortc sends each
 caller's audio back: no speech pipeline), whose "v2v" is the audio's round trip; `--no-echo`
-skips it. `--quick` (two short steps each) runs in CI. Absolute numbers are only meaningful on
-an otherwise idle machine. The server's log is kept next to the JSON (`.server.log`): a turn
-slower than `--slow-turn-ms` logs its stage times there.
+skips it. `--quick` (two short steps, one turn, burst only) runs in CI. Absolute numbers are
+only meaningful on an otherwise idle machine. The server's log is kept next to the JSON
+(`.server.log`).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import asyncio
 import contextlib
 import json
 import os
-import random
+import re
 import shutil
 import signal
 import subprocess
@@ -51,7 +59,21 @@ from harness.server import ROOT, free_port, run_server, stop_process
 V2V_LIMIT_MS = 1200.0
 LOOP_LAG_LIMIT_MS = 50.0
 LATE_LIMIT_PCT = 1.0  # inbound packets that missed their playout slot, % of those received
-SAY = ["What time is it?", "What is two plus three?", "What day is it today?", "Good morning."]
+# What the callers say, and what the built-in responder answers (agent/engines/local_llm.py):
+# replies of ~1.5 s to ~7 s as they come from a person's questions, most of them long (an LLM's
+# replies are rarely shorter). Each caller walks this list from its own starting point.
+SAY = [
+    "What can you help me with?",  # ~7 s: what it can do
+    "I would like to book a table for two tonight.",  # ~5 s: "You said: … Tell me more, …"
+    "What time is it?",  # ~1.5 s
+    "How are you doing today?",  # ~3 s
+    "Can you check the status of my order please?",  # ~5 s
+    "What is two plus three?",  # ~1.5 s
+]
+# Turns of all callers end within this period of one another in `burst` arrivals; `spread`
+# arrivals place caller k at k/N of it. Long enough for the longest turn and reply.
+TURN_PERIOD_S = 14.0
+ARRIVALS = ("burst", "spread")
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
@@ -60,27 +82,39 @@ PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 async def converse(
-    url: str, speech: dict[str, Any], turns: int, delay_s: float, seed: int, echo: bool = False
+    url: str,
+    speech: dict[str, Any],
+    turns: int,
+    t0: float,
+    period_s: float,
+    seed: int,
+    echo: bool = False,
 ) -> Any:
-    """One conversational call; with `echo`, against bench.echo_server (v2v: its round trip)."""
-    from harness.peer import Caller
+    """One conversational call; with `echo`, against bench.echo_server (v2v: its round trip).
 
-    rng = random.Random(seed)
-    await asyncio.sleep(delay_s)
+    Turn i's speech ENDS at `t0 + i * period_s` (wall clock, shared by every caller process),
+    so callers given the same `t0` finish talking together: the burst a server meets when
+    several people stop at once. A caller still listening to a long reply at its next slot
+    speaks as soon as the reply ends."""
+    from harness.peer import Caller, OfferRejected
+
     caller = Caller(url)
     out: dict[str, Any] = {"v2v_ms": [], "answered": 0, "turns": turns, "errors": []}
     try:
         await caller.connect()
         for i in range(turns):
             text = SAY[(seed + i) % len(SAY)]
+            pcm = speech[text]
+            await asyncio.sleep(max(0.0, t0 + i * period_s - len(pcm) / 48_000 - time.time()))
             if echo:
-                v2v = await echo_round_trip(caller, speech[text], ("echo", i))
+                v2v = await echo_round_trip(caller, pcm, ("echo", i))
             else:
-                v2v = (await caller.say(text, speech[text])).v2v_ms
+                v2v = (await caller.say(text, pcm)).v2v_ms
             if v2v is not None:
                 out["v2v_ms"].append(v2v)
                 out["answered"] += 1
-            await asyncio.sleep(rng.uniform(1.0, 2.5))
+    except OfferRejected as exc:  # shed: not a failure of the calls it protects
+        out["refused"] = {"status": exc.status, "ms": exc.took_ms, "retry_after": exc.retry_after}
     except Exception as exc:  # reported, not raised: the step records a failed call
         out["errors"].append(f"{type(exc).__name__}: {exc}")
     finally:
@@ -102,11 +136,17 @@ def caller_main(args: argparse.Namespace) -> int:
     with np.load(args.speech) as data:
         speech = {text: data[f"s{i}"] for i, text in enumerate(SAY)}
     result = asyncio.run(
-        converse(args.url, speech, args.turns, args.delay, args.seed, echo=args.echo_caller)
+        converse(
+            args.url, speech, args.turns, args.t0, args.period, args.seed, echo=args.echo_caller
+        )
     )
     Path(args.out).write_text(json.dumps(result))
     return 0
 
+
+# Seconds for the callers of a step to start, connect and hear the greeting (plus 0.3 s a
+# call) before the first turn's slot.
+CONNECT_S = 8.0
 
 # The callers' niceness (--caller-nice), passed to them in their environment.
 CALLER_NICE_ENV = "RINGBACK_BENCH_CALLER_NICE"
@@ -141,6 +181,53 @@ def histogram_quantile(before: dict[Any, float], after: dict[Any, float], name: 
     return next(le for le, count in buckets if count >= q * total)
 
 
+WAIT = "ringback_engine_queue_wait_seconds"
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def series_labels(
+    scraped: dict[Any, float], name: str, keys: tuple[str, str]
+) -> list[tuple[str, str, dict[str, str]]]:
+    """The distinct (key0, key1) label values of a metric's series (key1 may be absent)."""
+    seen: dict[tuple[str, str], dict[str, str]] = {}
+    for n, labels in scraped:
+        if n == name:
+            d = dict(labels)
+            pair = (d.get(keys[0], ""), d.get(keys[1], ""))
+            seen[pair] = {k: v for k, v in zip(keys, pair, strict=True) if v}
+    return [(a, b, labels) for (a, b), labels in sorted(seen.items())]
+
+
+WORKER_LOST = re.compile(r"worker.*(killing|replac|died)", re.IGNORECASE)
+SLOW_TURN = re.compile(r"slow turn \d+: (\d+) ms from end of speech[^:]*: (.*)$")
+
+
+def slow_turns(log_text: str) -> dict[str, Any]:
+    """The server's slow-turn lines (agent/metrics.py TurnMetrics.breakdown): how many, and
+    the median and worst of each stage and wait they name; engine workers replaced."""
+    stages: dict[str, list[float]] = {}
+    count = 0
+    for line in log_text.splitlines():
+        m = SLOW_TURN.search(line)
+        if m is None:
+            continue
+        count += 1
+        for item in m.group(2).split():
+            name, _, value = item.partition("=")
+            with contextlib.suppress(ValueError):
+                stages.setdefault(name, []).append(float(value))
+    return {
+        "count": count,
+        "stages_ms": {
+            name: {"p50": percentile(v, 50), "max": max(v)} for name, v in stages.items()
+        },
+        "workers_replaced": sum(1 for line in log_text.splitlines() if WORKER_LOST.search(line)),
+    }
+
+
 def counter_delta(before: dict[Any, float], after: dict[Any, float], name: str,
                   **labels: str) -> float:  # fmt: skip
     key = (name, tuple(sorted(labels.items())))
@@ -167,10 +254,22 @@ def process_tree(root: int) -> list[int]:
 @dataclass
 class Usage:
     cpu_s: float
-    rss_mb: float
+    rss_mb: float  # summed over the tree: pages shared between processes count in each
     t: float
     by_kind: dict[str, float]  # CPU seconds by process kind (process_kind)
     machine_busy_s: float  # CPU seconds the whole machine was busy (every process, callers too)
+    pss_mb: float | None = None  # proportional set size: shared pages split, so it adds up
+
+
+def pss_mb(pid: int) -> float:
+    """A process's proportional set size (/proc/PID/smaps_rollup), 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 # Which engine a process of the server's tree runs, from its command line.
@@ -199,9 +298,10 @@ def machine_busy_s() -> float:
     return (sum(fields[:8]) - idle) / TICKS_PER_S
 
 
-def usage(root: int) -> Usage:
-    """CPU seconds and resident memory of a process and all its descendants."""
-    cpu = rss = 0.0
+def usage(root: int, pss: bool = False) -> Usage:
+    """CPU seconds and resident memory of a process and all its descendants (with `pss`,
+    their proportional set size too: slower to read)."""
+    cpu = rss = pss_total = 0.0
     by_kind: dict[str, float] = {}
     for pid in process_tree(root):
         try:
@@ -213,7 +313,11 @@ def usage(root: int) -> Usage:
         kind = process_kind(pid, root)
         by_kind[kind] = by_kind.get(kind, 0.0) + cpu_s
         rss += int(fields[21]) * PAGE_BYTES / 2**20
-    return Usage(cpu, rss, time.monotonic(), by_kind, machine_busy_s())
+        if pss:
+            pss_total += pss_mb(pid)
+    return Usage(
+        cpu, rss, time.monotonic(), by_kind, machine_busy_s(), pss_total if pss else None
+    )
 
 
 # --- the ramp ----------------------------------------------------------------------------
@@ -228,15 +332,22 @@ def run_step(
     work: Path,
     echo: bool = False,
     profile: Path | None = None,
+    arrival: str = "burst",
+    server_log: Path | None = None,
 ) -> Any:
-    """One step of the ramp: `calls` callers at once; the server's side from /metrics (not
-    for the echo peer, which has none) and /proc; with `profile`, py-spy samples the server
-    (and its worker processes) for the whole step into that file (collapsed stacks)."""
+    """One step of the ramp: `calls` callers at once, their turns ending together (`burst`)
+    or spread evenly over TURN_PERIOD_S (`spread`); the server's side from /metrics (not for
+    the echo peer, which has none), its log (slow-turn lines) and /proc; with `profile`,
+    py-spy samples the server (and its worker processes) for the whole step into that file
+    (collapsed stacks)."""
     kind = "echo" if echo else "full"
     before, u0 = ({} if echo else scrape(url)), usage(pid)
+    log_from = server_log.stat().st_size if server_log is not None else 0
     spy = start_profile(pid, profile) if profile is not None else None
-    outs = [work / f"caller-{kind}-{calls}-{i}.json" for i in range(calls)]
-    stagger = 2.0 / max(1, calls)
+    outs = [work / f"caller-{kind}-{arrival}-{calls}-{i}.json" for i in range(calls)]
+    # Every caller process starts, connects and hears the greeting before its first slot.
+    t0 = time.time() + CONNECT_S + 0.3 * calls
+    offsets = [0.0 if arrival == "burst" else TURN_PERIOD_S * i / calls for i in range(calls)]
     procs = [
         subprocess.Popen(
             [
@@ -250,8 +361,8 @@ def run_step(
                 str(speech),
                 "--turns",
                 str(turns),
-                "--delay",
-                f"{i * stagger:.2f}",
+                "--t0",
+                f"{t0 + offsets[i]:.3f}",
                 "--seed",
                 str(i),
                 "--out",
@@ -260,14 +371,15 @@ def run_step(
             ],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
-            stderr=(work / f"caller-{kind}-{calls}-{i}.log").open("wb"),
+            stderr=(work / f"caller-{kind}-{arrival}-{calls}-{i}.log").open("wb"),
         )
         for i, out in enumerate(outs)
     ]
-    peak_rss = 0.0
+    peak_rss = peak_pss = 0.0
     while any(p.poll() is None for p in procs):
-        peak_rss = max(peak_rss, usage(pid).rss_mb)
-        time.sleep(0.5)
+        now = usage(pid, pss=True)
+        peak_rss, peak_pss = max(peak_rss, now.rss_mb), max(peak_pss, now.pss_mb or 0.0)
+        time.sleep(1.0)
     u1 = usage(pid)
     if spy is not None:
         spy.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
@@ -287,6 +399,18 @@ def run_step(
         )
         for engine in ("whisper", "tts")
     }
+    class_waits = {
+        f"{engine}/{cls}" if cls else engine: {
+            q: ms(histogram_quantile(before, after, WAIT, q / 100, **labels)) for q in (50, 99)
+        }
+        for engine, cls, labels in series_labels(after, WAIT + "_bucket", ("engine", "class"))
+    }
+    slow = (
+        slow_turns(server_log.read_text(errors="replace")[log_from:])
+        if server_log is not None
+        else {}
+    )
+    refused = [r["refused"] for r in results if "refused" in r]
     late = counter_delta(before, after, "ringback_link_packets_total", kind="late")
     received = counter_delta(before, after, "ringback_link_packets_total", kind="received")
     elapsed = max(1e-9, u1.t - u0.t)
@@ -297,7 +421,9 @@ def run_step(
     }
     return {
         "calls": calls,
+        "arrival": arrival,
         "v2v_ms_p50": percentile(v2v, 50),
+        "v2v_ms_p90": percentile(v2v, 90),
         "v2v_ms_p99": percentile(v2v, 99),
         "v2v_ms": sorted(round(v) for v in v2v),
         "loop_lag_ms_p99": None if lag is None else lag * 1000,
@@ -308,15 +434,20 @@ def run_step(
         ),
         "whisper_wait_ms_p99": None if waits["whisper"] is None else waits["whisper"] * 1000,
         "tts_wait_ms_p99": None if waits["tts"] is None else waits["tts"] * 1000,
+        "engine_wait_ms": class_waits,  # p50/p99 by engine and class of work
+        "slow_turns": slow,  # the server's slow-turn lines of this step, summarized
         "answered": sum(r["answered"] for r in results),
-        "turns": calls * turns,
-        "failed_calls": calls - sum(1 for r in results if not r["errors"]),
+        "turns": (calls - len(refused)) * turns,  # of the admitted calls
+        "refused": len(refused),
+        "refused_ms_max": max((r["ms"] for r in refused), default=None),
+        "failed_calls": sum(1 for r in results if r["errors"]) + calls - len(results),
         "cpu_ms_per_s": cpu_ms_per_s,
         "cpu_ms_per_s_by_process": by_kind,  # a replaced worker's CPU before it died is lost
         "machine_busy_pct": round(
             100 * (u1.machine_busy_s - u0.machine_busy_s) / elapsed / (os.cpu_count() or 1), 1
         ),
         "rss_mb": peak_rss,
+        "pss_mb": peak_pss,
     }
 
 
@@ -367,33 +498,50 @@ def ramp(
     work: Path,
     echo: bool = False,
     profile_dir: Path | None = None,
+    arrivals: tuple[str, ...] = ARRIVALS,
+    server_log: Path | None = None,
 ) -> dict[str, Any]:
-    """Steps up to the first one over a limit: {max_calls, per_call, idle, steps}."""
+    """Steps up to the first one over a limit, each step once per arrival pattern:
+    {max_calls, per_call, idle, steps}. A step holds when every arrival pattern stayed within
+    the limits; calls the server refused (503) do not count against it, and `max_calls`
+    counts the calls it admitted."""
     time.sleep(1.0)
     idle = usage(pid)
     time.sleep(2.0)
-    idle2 = usage(pid)
+    idle2 = usage(pid, pss=True)
     idle_cpu = 1000 * (idle2.cpu_s - idle.cpu_s) / (idle2.t - idle.t)
     out: dict[str, Any] = {
         "max_calls": 0,
-        "per_call": {"cpu_ms_per_s": None, "rss_mb": None},
-        "idle": {"cpu_ms_per_s": idle_cpu, "rss_mb": idle2.rss_mb},
+        "per_call": {"cpu_ms_per_s": None, "rss_mb": None, "pss_mb": None},
+        "idle": {"cpu_ms_per_s": idle_cpu, "rss_mb": idle2.rss_mb, "pss_mb": idle2.pss_mb},
+        "arrivals": list(arrivals),
         "steps": [],
     }
+    print(f"idle: rss {idle2.rss_mb:.0f} MB  pss {idle2.pss_mb or 0:.0f} MB  "
+          f"cpu {idle_cpu:.0f} ms/s", flush=True)  # fmt: skip
     for calls in steps:
-        prof = None if profile_dir is None else profile_dir / f"capacity-profile-{calls}.txt"
-        step = run_step(url, pid, calls, turns, speech, work, echo, prof)
-        step["over"] = over_limit(step)
-        out["steps"].append(step)
-        print_step(step)
-        if prof is not None and prof.exists():
-            out["profile"] = {"calls": calls, "file": str(prof), "top": profile_top(prof)}
-        if step["over"]:
+        held = []
+        for arrival in arrivals:
+            prof = None
+            if profile_dir is not None:
+                prof = profile_dir / f"capacity-profile-{calls}-{arrival}.txt"
+            step = run_step(url, pid, calls, turns, speech, work, echo, prof, arrival,
+                            server_log)  # fmt: skip
+            step["over"] = over_limit(step)
+            out["steps"].append(step)
+            print_step(step)
+            if prof is not None and prof.exists():
+                out["profile"] = {"calls": calls, "arrival": arrival, "file": str(prof),
+                                  "top": profile_top(prof)}  # fmt: skip
+            held.append(step)
+        if any(step["over"] for step in held):
             break
-        out["max_calls"] = calls
+        admitted = min(step["calls"] - step["refused"] for step in held)
+        out["max_calls"] = max(out["max_calls"], admitted)
         out["per_call"] = {
-            "cpu_ms_per_s": (step["cpu_ms_per_s"] - idle_cpu) / calls,
-            "rss_mb": (step["rss_mb"] - idle2.rss_mb) / calls,
+            "cpu_ms_per_s": max(step["cpu_ms_per_s"] - idle_cpu for step in held) / admitted,
+            "rss_mb": max(step["rss_mb"] - idle2.rss_mb for step in held) / admitted,
+            "pss_mb": max(step["pss_mb"] - (idle2.pss_mb or 0.0) for step in held) / admitted,
         }
     return out
 
@@ -460,8 +608,8 @@ async def synthesize_all() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", default="1,2,4,6,8,10,12,16", help="concurrent calls per step")
-    p.add_argument("--turns", type=int, default=4, help="turns per call at each step")
+    p.add_argument("--steps", default="1,4,8,10,12", help="concurrent calls per step")
+    p.add_argument("--turns", type=int, default=3, help="turns per call at each step")
     p.add_argument("--workers", type=int, default=1, help="`ringback serve --workers`")
     p.add_argument("--serve-args", default="", help="more `ringback serve` flags")
     p.add_argument("--quick", action="store_true", help="two short steps (CI)")
@@ -471,11 +619,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--caller", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--speech", help=argparse.SUPPRESS)
-    p.add_argument("--delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--t0", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--period", type=float, default=TURN_PERIOD_S, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--echo-caller", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-echo", action="store_true", help="skip the transport-only ramp")
+    p.add_argument(
+        "--arrivals",
+        default=",".join(ARRIVALS),
+        help="how the callers' turns line up at each step: burst (they end together), "
+        f"spread (evenly over {TURN_PERIOD_S:.0f} s), or both (each step runs once per pattern)",
+    )
     p.add_argument(
         "--caller-nice",
         type=int,
@@ -495,6 +650,9 @@ def main(argv: list[str] | None = None) -> int:
 
     steps = [1, 2] if args.quick else [int(n) for n in args.steps.split(",")]
     turns = 1 if args.quick else args.turns
+    arrivals = ("burst",) if args.quick else tuple(a for a in args.arrivals.split(",") if a)
+    if not arrivals or set(arrivals) - set(ARRIVALS):
+        p.error(f"--arrivals: a list of {', '.join(ARRIVALS)}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     png = args.png or args.json.with_suffix(".png")
     serve = ["--max-sessions", str(max(steps) + 2), *args.serve_args.split()]
@@ -516,14 +674,16 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 out.update(
                     ramp(server.url, server.proc.pid, steps, turns, speech_file, work,
-                         profile_dir=profile_dir)
+                         profile_dir=profile_dir, arrivals=arrivals,
+                         server_log=server.log_path)
                 )  # fmt: skip
             finally:  # slow turns log their stage times there (--slow-turn-ms)
                 shutil.copyfile(server.log_path, args.json.with_suffix(".server.log"))
         if not args.no_echo:
             print("transport only (echo):")
             with echo_server(work) as (url, pid):
-                out["echo"] = ramp(url, pid, steps, turns, speech_file, work, echo=True)
+                out["echo"] = ramp(url, pid, steps, turns, speech_file, work, echo=True,
+                                   arrivals=arrivals)  # fmt: skip
     args.json.write_text(json.dumps(out, indent=2))
     title = f"ringback capacity, {args.workers} worker(s), {os.cpu_count()} CPUs"
     plot(out["steps"], out.get("echo", {}).get("steps", []), png, title)
@@ -547,13 +707,16 @@ def print_step(step: dict[str, Any]) -> None:
     def n(v: float | None) -> str:
         return "-" if v is None else f"{v:.0f}"
 
+    refused = ""
+    if step.get("refused"):
+        refused = f"  refused {step['refused']} (503 in ≤ {n(step['refused_ms_max'])} ms)"
     print(
-        f"{step['calls']:>3} calls  v2v p50 {n(step['v2v_ms_p50']):>5} p99 {n(step['v2v_ms_p99']):>5}"
+        f"{step['calls']:>3} calls {step.get('arrival', ''):>6}  v2v p50 {n(step['v2v_ms_p50']):>5}"
+        f" p90 {n(step.get('v2v_ms_p90')):>5} p99 {n(step['v2v_ms_p99']):>5}"
         f"  loop lag p99 {n(step['loop_lag_ms_p99']):>4}  late {step['late_frames']}"
-        f"  whisper wait p99 {n(step['whisper_wait_ms_p99'])}"
-        f"  TTS first audio p99 {n(step.get('tts_wait_ms_p99'))}"
-        f"  answered {step['answered']}/{step['turns']}  cpu {n(step['cpu_ms_per_s'])} ms/s"
-        f"  rss {n(step['rss_mb'])} MB  {'OVER: ' + ', '.join(step['over']) if step['over'] else ''}",
+        f"  answered {step['answered']}/{step['turns']}{refused}"
+        f"  cpu {n(step['cpu_ms_per_s'])} ms/s  rss {n(step['rss_mb'])} MB"
+        f"  pss {n(step.get('pss_mb'))} MB  {'OVER: ' + ', '.join(step['over']) if step['over'] else ''}",
         flush=True,
     )
     kinds = step.get("cpu_ms_per_s_by_process", {})
@@ -563,6 +726,22 @@ def print_step(step: dict[str, Any]) -> None:
         + f"  — machine busy {step.get('machine_busy_pct', '-')} %",
         flush=True,
     )
+    waits = step.get("engine_wait_ms", {})
+    if waits:
+        print(
+            "           engine waits p50/p99 (ms): "
+            + "  ".join(f"{k} {n(v[50])}/{n(v[99])}" for k, v in waits.items()),
+            flush=True,
+        )
+    slow = step.get("slow_turns", {})
+    if slow.get("count"):
+        worst = sorted(slow["stages_ms"].items(), key=lambda kv: -kv[1]["p50"])[:6]
+        print(
+            f"           {slow['count']} slow turns, median/worst (ms): "
+            + "  ".join(f"{k} {n(v['p50'])}/{n(v['max'])}" for k, v in worst)
+            + f"; workers replaced {slow['workers_replaced']}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

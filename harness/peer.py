@@ -74,6 +74,16 @@ class TurnResult:
     reply_pcm: Pcm16 = field(default_factory=lambda: np.zeros(0, np.int16))
 
 
+class OfferRejected(RuntimeError):
+    """The server answered the offer with an error (503 when it sheds load)."""
+
+    def __init__(self, status: int, error: str, retry_after: str | None, took_ms: float) -> None:
+        super().__init__(f"offer rejected: {status} {error}")
+        self.status = status
+        self.retry_after = retry_after
+        self.took_ms = took_ms  # from sending the offer to the answer
+
+
 class Caller:
     """A headless caller. `receive_path` is how it hears the agent: "ringback" (an adaptive
     jitter buffer with Opus PLC/FEC, like a browser's) or "aiortc" (aiortc's fixed buffer)."""
@@ -144,6 +154,7 @@ class Caller:
         }
         if resume is not None:
             offer["resume"] = {"session_id": resume[0], "session_secret": resume[1]}
+        t_post = self.clock.now()
         async with (
             aiohttp.ClientSession() as http,
             http.post(
@@ -152,7 +163,12 @@ class Caller:
         ):
             body = await resp.json()
             if resp.status != 200:
-                raise RuntimeError(f"offer rejected: {resp.status} {body.get('error')}")
+                raise OfferRejected(
+                    resp.status,
+                    str(body.get("error")),
+                    resp.headers.get("Retry-After"),
+                    round((self.clock.now() - t_post) * 1000, 1),
+                )
         self.session_id = body["session_id"]
         self.session_secret = body.get("session_secret", "")
         await self.pc.setRemoteDescription(RTCSessionDescription(body["sdp"], body["type"]))
