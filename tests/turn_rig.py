@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Hashable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -84,10 +84,14 @@ class ScriptedTts:
             self.closed += 1
 
 
+class MarkListener(Protocol):
+    def on_mark_started(self, mark: Hashable, t: float) -> None: ...
+
+
 class FakeSink:
     """Stands in for the outbound track: queues audio; `play()` plays it like recv() would."""
 
-    def __init__(self, manager_ref: list[TurnManager], clock: FakeClock) -> None:
+    def __init__(self, manager_ref: list[MarkListener], clock: FakeClock) -> None:
         self._ref = manager_ref
         self._clock = clock
         self.queue: list[tuple[Hashable, int]] = []
@@ -151,7 +155,7 @@ class Rig:
     def __init__(self, llm: ScriptedLlm, tts: ScriptedTts, config: TurnConfig | None = None) -> None:
         self.clock = FakeClock()
         self.events: list[dict[str, Any]] = []
-        ref: list[TurnManager] = []
+        ref: list[MarkListener] = []
         self.sink = FakeSink(ref, self.clock)
         self.conversation = Conversation()
         self.llm, self.tts = llm, tts

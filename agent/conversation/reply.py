@@ -191,7 +191,7 @@ class Reply:
         clock = self._s.clock
         chunks: asyncio.Queue[Pcm16 | BaseException | None] = asyncio.Queue()  # one unit's audio
         reader = asyncio.get_running_loop().create_task(
-            self._read_ahead(unit.text, chunks), name=f"tts-read-{self.id}"
+            self._read_ahead(unit, chunks), name=f"tts-read-{self.id}"
         )
         try:
             pending: list[Pcm16] = []
@@ -216,13 +216,13 @@ class Reply:
             await asyncio.gather(reader, return_exceptions=True)
 
     async def _read_ahead(
-        self, text: str, chunks: asyncio.Queue[Pcm16 | BaseException | None]
+        self, unit: Unit, chunks: asyncio.Queue[Pcm16 | BaseException | None]
     ) -> None:
-        """The whole synthesis of `text` into `chunks` (unbounded: one sentence or so of
+        """The whole synthesis of `unit` into `chunks` (unbounded: one sentence or so of
         audio), then None; an engine error goes into the queue instead, for the player to
         raise."""
         try:
-            async with contextlib.aclosing(self._synthesize(text)) as audio:
+            async with contextlib.aclosing(self._synthesize(unit)) as audio:
                 async for pcm in audio:
                     chunks.put_nowait(pcm)
         except Exception as exc:
@@ -230,6 +230,7 @@ class Reply:
         else:
             chunks.put_nowait(None)
 
-    def _synthesize(self, text: str) -> AsyncGenerator[Pcm16, None]:
-        """The reply's one TTS request per unit: everything the engine is told is here."""
-        return self._s.tts.synthesize(text)
+    def _synthesize(self, unit: Unit) -> AsyncGenerator[Pcm16, None]:
+        """The TTS request for one unit: everything the engine is told about it is here
+        (`unit.mark[1]` is its place in the reply, `unit.filler` marks a filler)."""
+        return self._s.tts.synthesize(unit.text)
