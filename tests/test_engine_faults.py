@@ -8,16 +8,11 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 import pytest
 
 from agent.clock import FakeClock
-from agent.conversation.turns import (
-    FALLBACK_REPLY,
-    FILLER,
-    MID_REPLY_APOLOGY,
-    TurnConfig,
-    TurnManager,
-)
-from agent.engines.breaker import BreakerConfig, BreakerState, CircuitBreaker, LlmChain
+from agent.conversation.breaker import BreakerConfig, BreakerState, CircuitBreaker, LlmChain
+from agent.conversation.engine_faults import FALLBACK_REPLY, FILLER, MID_REPLY_APOLOGY
+from agent.conversation.turns import TurnConfig, TurnManager
 from agent.engines.interfaces import LLM, EngineError, Message
-from tests.test_turns import Rig, ScriptedLlm, ScriptedTts
+from tests.turn_rig import Rig, ScriptedLlm, ScriptedTts
 
 
 class ClockLlm:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agent.conversation.turns import FALLBACK_REPLY, MID_REPLY_APOLOGY
+from agent.conversation.engine_faults import FALLBACK_REPLY, MID_REPLY_APOLOGY
 from harness.peer import Caller
 from tests.conftest import free_port, run_server
 

@@ -22,7 +22,7 @@ from agent.conversation.turns import TurnManager
 from agent.engines.tts_pool import TtsPoolConfig, TtsWorkerPool
 from agent.metrics import TurnMetrics
 from harness.speech import synthesizer
-from tests.test_turns import ScriptedLlm
+from tests.turn_rig import ScriptedLlm
 
 REPLY = (
     "The first sentence of this reply is long enough to take a while to say. "

@@ -16,7 +16,7 @@ from agent.conversation.turns import TurnConfig
 from agent.metrics import TurnMetrics
 from harness.peer import Caller
 from tests.conftest import run_server
-from tests.test_turns import CHUNK, Rig, ScriptedLlm, ScriptedTts
+from tests.turn_rig import CHUNK, Rig, ScriptedLlm, ScriptedTts
 
 
 class Lines(logging.Handler):

@@ -225,7 +225,7 @@ def test_every_series_on_the_grafana_dashboard_is_exported() -> None:
     dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     used = {m for e in exprs for m in re.findall(r"\bringback_\w+", e)}
-    from agent.engines.breaker import BreakerConfig, CircuitBreaker
+    from agent.conversation.breaker import BreakerConfig, CircuitBreaker
 
     stats = ServerStats()
     stats.record_turn({"time_to_first_audio_ms": 400.0}, False, 0)
@@ -246,7 +246,7 @@ def test_every_series_on_the_grafana_dashboard_is_exported() -> None:
 
 def test_llm_breakers_and_tts_restarts_are_exported() -> None:
     from agent.clock import FakeClock
-    from agent.engines.breaker import BreakerConfig, CircuitBreaker
+    from agent.conversation.breaker import BreakerConfig, CircuitBreaker
 
     primary = CircuitBreaker("LLM local", BreakerConfig(failures=2, reset_s=20), FakeClock())
     fallback = CircuitBreaker("LLM openai", BreakerConfig(failures=2, reset_s=20), FakeClock())

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.conversation.breaker import BreakerConfig
 from agent.conversation.endpointer import EndpointerConfig
 from agent.conversation.listener import ListenerConfig
 from agent.conversation.speech_detector import SpeechDetectorConfig
 from agent.conversation.turns import TurnConfig
-from agent.engines.breaker import BreakerConfig
 from agent.engines.pocketsphinx_asr import AsrPoolConfig
 from agent.engines.tts_pool import TtsPoolConfig
 from agent.engines.whisper_pool import WhisperConfig

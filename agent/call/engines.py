@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from agent.call.config import AgentConfig
 from agent.call.selfcheck import check_models
-from agent.conversation.turns import FAULT_PHRASES
-from agent.engines.breaker import LlmChain
+from agent.conversation.breaker import LlmChain
+from agent.conversation.engine_faults import FAULT_PHRASES
 from agent.engines.interfaces import LLM
 from agent.engines.pocketsphinx_asr import PocketsphinxEngine
 from agent.engines.silero_vad import SileroModel

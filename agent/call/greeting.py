@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from agent.audio import OUT_RATE_HZ, Pcm16
-from agent.conversation.turns import AudioSink
+from agent.conversation.reply import AudioSink
 from agent.engines.interfaces import TTS, EngineError
 
 log = logging.getLogger(__name__)

@@ -53,7 +53,7 @@ PACKET_KINDS = ("received", "lost", "late")
 
 
 class Breaker(Protocol):
-    """What /metrics reads of an engine's circuit breaker (agent/engines/breaker.py)."""
+    """What /metrics reads of an engine's circuit breaker (agent/conversation/breaker.py)."""
 
     @property
     def state(self) -> str: ...

@@ -13,20 +13,38 @@ a noisy room the endpointer would wait for the noise to stop. Three stages, chea
    someone or something else — background babble 20 dB down, for instance.
 
 Silero keeps recurrent state, so it sees every frame; the model (one onnxruntime session) is
-shared by all calls, the stream state is per call.
+shared by all calls, the stream state is per call. The detector sees the model only as a
+`SpeechModel` (agent.engines.silero_vad.SileroModel is one), which the call's wiring passes in.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from agent.audio import Pcm16, dbfs
 from agent.conversation.endpointer import VoiceDetector
-from agent.engines.silero_vad import SileroModel, SileroVad
 
 DETECTORS = ("silero", "webrtcvad")
 FIRST_FRAMES = 10
 ATTACK, RELEASE, RECOVER = 0.2, 0.002, 0.0002  # per 20 ms frame, of the gap in dB
+
+
+class SpeechStream(Protocol):
+    """One call's speech probabilities: `push` every frame (it keeps recurrent state)."""
+
+    @property
+    def last_prob(self) -> float | None:
+        """The newest probability (None before the first scored window)."""
+        ...
+
+    def push(self, frame: Pcm16) -> float | None: ...
+
+
+class SpeechModel(Protocol):
+    """A speech model shared by every call; each call opens its own stream."""
+
+    def stream(self) -> SpeechStream: ...
 
 
 @dataclass(frozen=True)
@@ -49,13 +67,13 @@ class SpeechDetectorConfig:
 
 class SpeechDetector:
     def __init__(
-        self, config: SpeechDetectorConfig, frame_ms: int, silero: SileroModel | None
+        self, config: SpeechDetectorConfig, frame_ms: int, silero: SpeechModel | None
     ) -> None:
         if config.kind == "silero" and silero is None:
             raise ValueError("the silero speech detector needs the Silero model")
         self.config = config
         self._webrtc = VoiceDetector(config.vad_aggressiveness, frame_ms)
-        self._silero = SileroVad(silero) if config.kind == "silero" and silero else None
+        self._silero = silero.stream() if config.kind == "silero" and silero else None
         self.talker_dbfs: float | None = None
         self._first: list[float] = []
         self.probability = 0.0  # Silero's latest

@@ -35,7 +35,8 @@ from agent.audio import Pcm16
 
 class EngineError(Exception):
     """An engine failed. `retryable`: the same request may succeed if tried again (a worker
-    was replaced, a connection dropped); the caller decides whether to (see turns.Reply)."""
+    was replaced, a connection dropped); the caller decides whether to (see
+    agent/conversation/engine_faults.py)."""
 
     def __init__(self, message: str, retryable: bool = False) -> None:
         super().__init__(message)

@@ -61,6 +61,10 @@ class SileroModel:
         prob, hn, cn = self._session.run(None, {"input": x, "h": h, "c": c})
         return float(np.asarray(prob).reshape(-1)[0]), hn, cn
 
+    def stream(self) -> SileroVad:
+        """A new per-stream VAD over this model (agent.conversation.speech_detector.SpeechModel)."""
+        return SileroVad(self)
+
 
 class SileroVad:
     """Per-stream VAD state over a shared `SileroModel`.
