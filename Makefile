@@ -5,7 +5,7 @@ VENV   ?= .venv
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint docs bench clean
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	scripts/bootstrap.sh python
@@ -22,6 +22,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+docs: $(STAMP)
+	$(VENV)/bin/python -m signaling.settings > docs/configuration.md
 
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench.audio_path

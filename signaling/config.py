@@ -1,4 +1,4 @@
-"""Server configuration: CLI flags and RINGBACK_* environment variables → one typed object."""
+"""Server configuration: one typed object, built from the settings in signaling/settings.py."""
 
 from __future__ import annotations
 
