@@ -10,5 +10,6 @@ pocketsphinx_asr.py → asr_worker.py (live captions), whisper_pool.py → whisp
 worker starts with worker_setup.py: a lower CPU priority than the server, deaf to SIGINT, gone
 with its server. silero_vad.py runs in the server (one ~0.1 ms call per 32 ms per call);
 local_llm.py / openai_llm.py (+ sse.py) stream replies (their breakers are the caller's policy:
-agent/conversation/breaker.py; breaker.py here only re-exports BreakerConfig for old imports).
+agent/conversation/breaker.py). priority.py names the classes of work the shared pools serve
+most urgent first.
 """
