@@ -272,7 +272,8 @@ def install(
 
     While an installation is active, another is refused (PatchError): uninstall it first. With
     `shared=True` and the same settings, the caller gets its own handle on the active one
-    instead (different settings are still refused).
+    instead (different settings are still refused). An installation that replaces nothing
+    ("aiortc", None, no addresses) blocks no other.
     """
     if receive_path not in RECEIVE_PATHS:
         raise ValueError(
