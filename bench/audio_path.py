@@ -7,8 +7,8 @@ plays a reference recording (several piper sentences with short pauses, 48 kHz) 
 OutboundAudioTrack, Opus at 32 kb/s with in-band FEC; its outgoing RTP is impaired in-process
 and seeded (harness/impair.py). The receiver reads the remote track with `playout_frames`.
 Every profile is measured on both receive paths in the same run, each on a fresh pair of
-peer connections: the patch (agent/media/patches.py) is installed for "ringback" and removed for
-"aiortc" before the receiver is created.
+peer connections: each call installs the patches (agent/media/patches.py) with its receive
+path before the peers are created ("aiortc": aiortc's own) and uninstalls them after.
 
 - Timeline. Each received 20 ms frame is placed on a playout timeline at max(its delivery
   time, the end of the previous frame), gaps under 10 ms closed: a sound card playing frames
@@ -181,7 +181,12 @@ class Capture:
 
 async def call(ref: Reference, profile: Profile, path: str, seed: int) -> Capture:
     """One fresh pair of peer connections; returns what the receiver played out."""
-    patches.install(path, OpusSendConfig(), ["127.0.0.1"])
+    with patches.install(path, OpusSendConfig(), ["127.0.0.1"]):
+        return await _call(ref, profile, path, seed)
+
+
+async def _call(ref: Reference, profile: Profile, path: str, seed: int) -> Capture:
+    """`call` with the patches installed."""
     clock = MonotonicClock()
     started: list[float] = []
     sending = asyncio.Event()

@@ -85,8 +85,8 @@ def main() -> int:
     p.add_argument("--port", type=int, default=8766)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    patches.install("aiortc", OpusSendConfig(), ["127.0.0.1"])  # loopback host candidates
-    web.run_app(create_app(), host=args.host, port=args.port, print=None)
+    with patches.install("aiortc", OpusSendConfig(), ["127.0.0.1"]):  # loopback host candidates
+        web.run_app(create_app(), host=args.host, port=args.port, print=None)
     return 0
 
 

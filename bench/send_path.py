@@ -110,12 +110,15 @@ def speech_like(seconds: float, seed: int = 1) -> Pcm16:
 
 
 @contextlib.contextmanager
-def aiortc_level(pure_python: bool) -> Iterator[None]:
+def aiortc_level(installed: patches.Patches, pure_python: bool) -> Iterator[None]:
+    """aiortc's own audio level (pure Python) instead of the patch's numpy one, if asked."""
     import aiortc.rtp
 
     patched = aiortc.rtp.compute_audio_level_dbov
     if pure_python:
-        aiortc.rtp.compute_audio_level_dbov = patches._originals["compute_audio_level_dbov"]
+        aiortc.rtp.compute_audio_level_dbov = installed.original(
+            "aiortc.rtp.compute_audio_level_dbov"
+        )
     try:
         yield
     finally:
@@ -143,19 +146,21 @@ def busy_thread(on: bool) -> Iterator[None]:
             thread.join()
 
 
-async def measure(path: str, load: str, frames: int, speech: Pcm16) -> Result:
+async def measure(
+    installed: patches.Patches, path: str, load: str, frames: int, speech: Pcm16
+) -> Result:
     codec = next(c for c in CODECS["audio"] if c.name == "opus")
     track = OutboundAudioTrack(VirtualClock(), max_ahead_ms=10**9)
     transport: Any = NoTransport()
     sender = RTCRtpSender(track, transport)
-    if path == "after" and not patches.encode_inline(sender, codec):
+    if path == "after" and not installed.encode_inline(sender, codec):
         raise RuntimeError("the track was not switched to inline encoding")
     if load != "idle":
         await track.enqueue(speech[: (frames + 20) * OUT_FRAME_SAMPLES], "speech")
     busy = load == "speech+busy thread"
     if busy:
         frames = min(frames, BUSY_FRAMES)
-    with aiortc_level(pure_python=path == "before"), busy_thread(busy):
+    with aiortc_level(installed, pure_python=path == "before"), busy_thread(busy):
         for _ in range(20):  # warm-up: encoder, thread pool, settled silence
             await sender._next_encoded_frame(codec)
         t0, c0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
@@ -174,14 +179,14 @@ async def measure(path: str, load: str, frames: int, speech: Pcm16) -> Result:
 
 
 async def run(frames: int, rounds: int) -> list[Result]:
-    patches.check()
-    patches.configure_opus(OpusSendConfig())
     speech = speech_like((frames + 40) * OUT_FRAME_SAMPLES / OUT_RATE_HZ)
     runs: dict[tuple[str, str], list[Result]] = {}
-    for _ in range(rounds):
-        for load in LOADS:
-            for path in PATHS:
-                runs.setdefault((path, load), []).append(await measure(path, load, frames, speech))
+    with patches.install("aiortc", OpusSendConfig()) as installed:  # the send path only
+        for _ in range(rounds):
+            for load in LOADS:
+                for path in PATHS:
+                    result = await measure(installed, path, load, frames, speech)
+                    runs.setdefault((path, load), []).append(result)
     out = []
     for key in [(p, load) for load in LOADS for p in PATHS]:
         results = sorted(runs[key], key=lambda r: r.loop_us)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,6 +51,14 @@ def last_speech_offset(pcm: Pcm16) -> int:
         if np.max(np.abs(w)) > LOUD:
             return (i + 1) * OUT_FRAME_SAMPLES
     return pcm.size
+
+
+def caller_patches(
+    receive_path: str = "ringback", host_addresses: Sequence[str] = ("127.0.0.1",)
+) -> patches.Patches:
+    """The aiortc patches a Caller runs with, shared by every Caller (and test peer) of the
+    process that asks for the same: they are undone when the last handle is uninstalled."""
+    return patches.install(receive_path, OpusSendConfig(), host_addresses, shared=True)
 
 
 @dataclass
@@ -108,7 +116,7 @@ class Caller:
         self._connected = asyncio.Event()
         host = urlsplit(self.url).hostname or ""
         loopback = ["127.0.0.1"] if host in ("127.0.0.1", "localhost") else []
-        patches.install(receive_path, OpusSendConfig(), loopback)
+        self.patches = caller_patches(receive_path, loopback)  # released by close()
         self.link: LinkStats | None = None
 
     def _started(self, mark: object, t: float) -> None:
@@ -405,21 +413,24 @@ class Caller:
         return out
 
     async def close(self) -> None:
-        if self.session_id is not None:
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with (
-                    aiohttp.ClientSession() as http,
-                    http.delete(
-                        f"{self.url}/session/{self.session_id}",
-                        headers={"X-Session-Secret": self.session_secret},
-                        timeout=aiohttp.ClientTimeout(total=5),
-                    ),
-                ):
-                    pass
-        self.mic.stop()
-        if self.impaired is not None:
-            await self.impaired.aclose()
-        await self.pc.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            if self.session_id is not None:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with (
+                        aiohttp.ClientSession() as http,
+                        http.delete(
+                            f"{self.url}/session/{self.session_id}",
+                            headers={"X-Session-Secret": self.session_secret},
+                            timeout=aiohttp.ClientTimeout(total=5),
+                        ),
+                    ):
+                        pass
+            self.mic.stop()
+            if self.impaired is not None:
+                await self.impaired.aclose()
+            await self.pc.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            self.patches.uninstall()

@@ -28,13 +28,17 @@ REGISTRY = web.AppKey("registry", CallRegistry)
 
 
 def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Application:
-    patches.install(config.agent.receive_path, config.agent.opus_send, config.ice_host_addresses)
     guard.install_log_filters()
     app = web.Application(
         client_max_size=config.max_body_bytes, middlewares=guard.middlewares(config)
     )
     app[CONFIG] = config
     the_clock = clock or MonotonicClock()
+
+    async def aiortc_patches(app: web.Application) -> AsyncIterator[None]:
+        agent = config.agent
+        with patches.install(agent.receive_path, agent.opus_send, config.ice_host_addresses):
+            yield
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         engines = await Engines.start(config.agent)
@@ -64,6 +68,7 @@ def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Applicat
         finally:
             await engines.aclose()
 
+    app.cleanup_ctx.append(aiortc_patches)  # before any peer connection; undone after the last
     app.cleanup_ctx.append(lifecycle)
 
     async def announce_shutdown(app: web.Application) -> None:

@@ -1,17 +1,63 @@
-"""The aiortc patch points: start-up check, receive-path switch, Opus send settings."""
+"""The aiortc patch points: start-up check, install/uninstall as one handle, receive path,
+Opus send settings, and real loopback calls with the patches and after them."""
 
 from __future__ import annotations
 
+import asyncio
 import fractions
+import importlib
 
 import av
 import numpy as np
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.codecs import CODECS
 
+from agent.clock import MonotonicClock
 from agent.media import patches
+from agent.media.inbound import EncodedAudio
 from agent.media.opus import OpusSendConfig, has_fec
+from agent.media.outbound import OutboundAudioTrack
 from tests.test_opus import speech_like
+
+LOOPBACK = ["127.0.0.1"]
+# What a full install replaces; every other patch point is only relied on (and checked).
+REPLACED = {
+    "aioice.ice.get_host_addresses",
+    "aiortc.rtcrtpreceiver.JitterBuffer",
+    "aiortc.rtcrtpreceiver.get_decoder",
+    "aiortc.rtcrtpreceiver.RTCRtpReceiver.receive",
+    "aiortc.rtcrtpsender.get_encoder",
+    "aiortc.rtcrtpsender.RTCRtpSender.send",
+    "aiortc.rtcrtpsender.RTCRtpSender.replaceTrack",
+    "aiortc.rtp.compute_audio_level_dbov",
+    "CODECS[audio] audio/opus parameters",
+}
+
+
+def patch_points() -> dict[str, object]:
+    """The object at every patch point now, and each codec's parameters dict (the Opus entry
+    of CODECS is patched by giving it another one)."""
+    out: dict[str, object] = {}
+    for module_name, dotted in patches.PATCH_POINTS:
+        target: object = importlib.import_module(module_name)
+        for attr in dotted.split("."):
+            target = getattr(target, attr)
+        out[f"{module_name}.{dotted}"] = target
+    for kind, codecs in CODECS.items():
+        for codec in codecs:
+            out[f"CODECS[{kind}] {codec.mimeType} parameters"] = codec.parameters
+    return out
+
+
+def changed(before: dict[str, object]) -> set[str]:
+    now = patch_points()
+    assert now.keys() == before.keys()
+    return {name for name, obj in now.items() if obj is not before[name]}
+
+
+def codec_parameters() -> dict[str, dict[str, object]]:
+    return {c.mimeType: dict(c.parameters) for codecs in CODECS.values() for c in codecs}
 
 
 def test_check_names_a_missing_symbol(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,13 +87,13 @@ def test_every_patch_checks_the_pins_first(monkeypatch: pytest.MonkeyPatch) -> N
     before = (receiver.JitterBuffer, sender.get_encoder, aioice.ice.get_host_addresses)
     real = patches.version
     monkeypatch.setattr(patches, "version", lambda p: "9.9.9" if p == "aiortc" else real(p))
-    monkeypatch.setattr(patches, "_checked", False)
     for install in (
-        lambda: patches.install_receive_path(),
-        lambda: patches.configure_opus(OpusSendConfig()),
-        lambda: patches.pin_host_addresses(["127.0.0.1"]),
+        lambda: patches.install("ringback", None),
+        lambda: patches.install("aiortc", OpusSendConfig()),
+        lambda: patches.install("aiortc", None, ["127.0.0.1"]),
         lambda: patches.hook_outgoing_rtp(object(), _pass),
         lambda: patches.install("ringback", OpusSendConfig()),
+        lambda: patches.install("ringback", OpusSendConfig(), ["127.0.0.1"], shared=True),
     ):
         with pytest.raises(patches.PatchError, match="pinned"):
             install()
@@ -101,9 +147,8 @@ def test_receive_path_switches_and_restores() -> None:
     import aiortc.rtcrtpreceiver as receiver
     from aiortc.jitterbuffer import JitterBuffer
 
-    patches.uninstall_receive_path()
     assert receiver.JitterBuffer is JitterBuffer
-    patches.install_receive_path()
+    installed = patches.install("ringback", None)
     try:
         audio = receiver.JitterBuffer(capacity=16, prefetch=4)
         video = receiver.JitterBuffer(capacity=512, is_video=True)
@@ -112,17 +157,18 @@ def test_receive_path_switches_and_restores() -> None:
         opus = next(c for c in CODECS["audio"] if c.name == "opus")
         assert type(receiver.get_decoder(opus)).__name__ == "PassThroughDecoder"
     finally:
-        patches.uninstall_receive_path()
+        installed.uninstall()
     assert receiver.JitterBuffer is JitterBuffer
 
 
 def test_opus_is_sent_at_speech_bitrate_with_in_band_fec() -> None:
     import aiortc.rtcrtpsender as sender
 
-    patches.configure_opus(OpusSendConfig(bitrate_bps=32_000, packet_loss_pct=10))
     opus = next(c for c in CODECS["audio"] if c.name == "opus")
-    assert opus.parameters["useinbandfec"] == 1 and opus.parameters["minptime"] == 10
-    encoder = sender.get_encoder(opus)
+    with patches.install("aiortc", OpusSendConfig(bitrate_bps=32_000, packet_loss_pct=10)):
+        assert opus.parameters["useinbandfec"] == 1 and opus.parameters["minptime"] == 10
+        encoder = sender.get_encoder(opus)
+    assert "useinbandfec" not in opus.parameters, "uninstall puts aiortc's SDP back"
     pcm = speech_like(seconds=3.0)
     payloads: list[bytes] = []
     for i in range(pcm.size // 960):
@@ -151,8 +197,7 @@ async def test_received_audio_reaches_the_track_on_the_loop_not_through_a_thread
 
     from agent.media.inbound import EncodedAudio
 
-    patches.pin_host_addresses(["127.0.0.1"])
-    patches.install_receive_path()
+    installed = patches.install("ringback", None, ["127.0.0.1"])
     caller, agent = RTCPeerConnection(), RTCPeerConnection()
     caller.addTrack(AudioStreamTrack())  # aiortc's silence source: real Opus packets
     tracks: asyncio.Queue[object] = asyncio.Queue()
@@ -176,3 +221,155 @@ async def test_received_audio_reaches_the_track_on_the_loop_not_through_a_thread
     finally:
         await caller.close()
         await agent.close()
+        installed.uninstall()
+
+
+# --- one handle: install, uninstall, twice ----------------------------------------------------
+
+
+def test_uninstall_restores_every_patch_point() -> None:
+    before, params = patch_points(), codec_parameters()
+    assert len(before) >= len(patches.PATCH_POINTS) == 16
+    installed = patches.install("ringback", OpusSendConfig(), LOOPBACK)
+    try:
+        assert installed.installed
+        assert changed(before) == REPLACED, "a full install replaces exactly these"
+        for name in REPLACED - {"CODECS[audio] audio/opus parameters"}:
+            assert installed.original(name) is before[name], name
+        assert codec_parameters()["audio/opus"] == {**params["audio/opus"], **patches.FEC_SDP}
+    finally:
+        installed.uninstall()
+    assert not installed.installed
+    assert changed(before) == set(), "every patch point is its original object again"
+    for name, obj in patch_points().items():
+        assert obj is before[name], name
+    assert codec_parameters() == params
+    installed.uninstall()  # a second call does nothing
+    assert changed(before) == set()
+
+
+def test_each_part_installs_only_itself() -> None:
+    before = patch_points()
+    parts = {
+        ("ringback", None, ()): {
+            "aiortc.rtcrtpreceiver.JitterBuffer",
+            "aiortc.rtcrtpreceiver.get_decoder",
+            "aiortc.rtcrtpreceiver.RTCRtpReceiver.receive",
+        },
+        ("aiortc", OpusSendConfig(), ()): {
+            "aiortc.rtcrtpsender.get_encoder",
+            "aiortc.rtcrtpsender.RTCRtpSender.send",
+            "aiortc.rtcrtpsender.RTCRtpSender.replaceTrack",
+            "aiortc.rtp.compute_audio_level_dbov",
+            "CODECS[audio] audio/opus parameters",
+        },
+        ("aiortc", None, ("127.0.0.1",)): {"aioice.ice.get_host_addresses"},
+    }
+    for (path, send, hosts), replaced in parts.items():
+        with patches.install(path, send, hosts) as installed:
+            assert changed(before) == replaced, installed
+        assert changed(before) == set(), installed
+    with pytest.raises(ValueError, match="receive path"):
+        patches.install("fast", None)
+
+
+def test_a_second_install_is_refused_unless_shared() -> None:
+    import aiortc.rtcrtpreceiver as receiver
+
+    before = patch_points()
+    first = patches.install("ringback", OpusSendConfig(), LOOPBACK)
+    try:
+        patched = patch_points()
+        for again in (
+            lambda: patches.install("ringback", OpusSendConfig(), LOOPBACK),
+            lambda: patches.install("aiortc", None, LOOPBACK),
+        ):
+            with pytest.raises(patches.PatchError, match=r"already patched .*receive_path='ringback'"):
+                again()
+        with pytest.raises(patches.PatchError, match="other settings"):
+            patches.install("aiortc", OpusSendConfig(), LOOPBACK, shared=True)
+        with pytest.raises(patches.PatchError, match="other settings"):
+            patches.install("ringback", OpusSendConfig(bitrate_bps=16_000), LOOPBACK, shared=True)
+        assert changed(patched) == set(), "a refused install touches nothing"
+
+        second = patches.install("ringback", OpusSendConfig(), LOOPBACK, shared=True)
+        assert second is not first and second.settings == first.settings
+        assert changed(patched) == set(), "sharing installs nothing more"
+        first.uninstall()
+        assert not first.installed and second.installed
+        assert changed(patched) == set(), "still in use by the second handle"
+        assert second.original("aiortc.rtcrtpreceiver.JitterBuffer") is before[
+            "aiortc.rtcrtpreceiver.JitterBuffer"
+        ]
+        second.uninstall()
+        assert changed(before) == set(), "the last handle restores everything"
+    finally:
+        first.uninstall()
+    # And once uninstalled, another install (other settings) is welcome.
+    with patches.install("aiortc", None, LOOPBACK) as third:
+        assert receiver.JitterBuffer is before["aiortc.rtcrtpreceiver.JitterBuffer"]
+        with pytest.raises(patches.PatchError, match="not replaced"):
+            third.original("aiortc.rtcrtpreceiver.JitterBuffer")
+    assert changed(before) == set()
+
+
+def test_a_failed_install_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    class BrokenOpus:
+        mimeType = "audio/opus"
+
+        @property
+        def parameters(self) -> dict[str, object]:
+            raise RuntimeError("broken codec")
+
+    before = patch_points()
+    monkeypatch.setitem(CODECS, "audio", [BrokenOpus()])
+    with pytest.raises(RuntimeError, match="broken codec"):  # after the host and receive parts
+        patches.install("ringback", OpusSendConfig(), LOOPBACK)
+    monkeypatch.undo()
+    assert changed(before) == set()
+    with patches.install("ringback", None):  # and nothing is left marked as installed
+        pass
+
+
+async def _loopback_call() -> tuple[list[object], OutboundAudioTrack, str]:
+    """A caller sending from an OutboundAudioTrack (as the agent does) to a second peer over
+    loopback ICE: what that peer's track yields first, the caller's track, the answer SDP."""
+    from aiortc.mediastreams import MediaStreamTrack
+
+    mic = OutboundAudioTrack(MonotonicClock())
+    caller = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    agent = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    caller.addTransceiver(mic, direction="sendonly")
+    tracks: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
+    agent.on("track", tracks.put_nowait)
+    try:
+        await caller.setLocalDescription(await caller.createOffer())
+        await agent.setRemoteDescription(caller.localDescription)
+        await agent.setLocalDescription(await agent.createAnswer())
+        await caller.setRemoteDescription(agent.localDescription)
+        track = await asyncio.wait_for(tracks.get(), 10)
+        got = [await asyncio.wait_for(track.recv(), 10) for _ in range(25)]
+        return got, mic, str(agent.localDescription.sdp)
+    finally:
+        mic.stop()
+        await caller.close()
+        await agent.close()
+
+
+async def test_a_loopback_call_works_with_the_patches_and_after_uninstall() -> None:
+    before = patch_points()
+    with patches.install("ringback", OpusSendConfig(), LOOPBACK):
+        got, mic, answer = await _loopback_call()
+    assert all(isinstance(a, EncodedAudio) and a.codec == "opus" for a in got), got[:2]
+    assert mic.encoder is not None, "the caller's track encoded its own Opus"
+    assert "useinbandfec=1" in answer
+    assert changed(before) == set()
+
+    # aiortc's own paths; only the host candidates are pinned (aioice never offers loopback).
+    with patches.install("aiortc", None, LOOPBACK):
+        assert changed(before) == {"aioice.ice.get_host_addresses"}
+        got, mic, answer = await _loopback_call()
+    assert all(isinstance(f, av.AudioFrame) and f.sample_rate == 48_000 for f in got), got[:2]
+    assert mic.encoder is None, "aiortc encoded the track's frames itself"
+    assert "useinbandfec" not in answer
+    assert changed(before) == set()

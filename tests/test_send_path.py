@@ -52,9 +52,9 @@ def faded(pcm: Pcm16, fade: int = 240) -> Pcm16:
 def aiortc_encoder(send: OpusSendConfig) -> AiortcOpusEncoder:
     import aiortc.rtcrtpsender as sender
 
-    patches.configure_opus(send)
     codec = next(c for c in CODECS["audio"] if c.name == "opus")
-    encoder: AiortcOpusEncoder = sender.get_encoder(codec)
+    with patches.install("aiortc", send):  # the encoder keeps its settings after uninstall
+        encoder: AiortcOpusEncoder = sender.get_encoder(codec)
     return encoder
 
 
@@ -272,9 +272,10 @@ async def test_track_packets_carry_48khz_timestamps() -> None:
 def test_audio_level_matches_aiortc() -> None:
     import aiortc.rtp
 
-    patches.configure_opus(OpusSendConfig())
-    original = patches._originals["compute_audio_level_dbov"]
-    assert aiortc.rtp.compute_audio_level_dbov is patches.audio_level_dbov
+    with patches.install("aiortc", OpusSendConfig()) as installed:
+        original = installed.original("aiortc.rtp.compute_audio_level_dbov")
+        assert aiortc.rtp.compute_audio_level_dbov is patches.audio_level_dbov
+    assert aiortc.rtp.compute_audio_level_dbov is original
     rng = np.random.default_rng(0)
     t = np.arange(N) / SR
     signals = [
@@ -307,7 +308,13 @@ async def _call(
     mic: OutboundAudioTrack, codecs: list[str] | None, play: list[Pcm16], loss_pct: float = 0
 ) -> Heard:
     """tx (the agent's track) → rx over loopback ICE, tx's RTP optionally lost at random."""
-    patches.install("ringback", OpusSendConfig(), ["127.0.0.1"])
+    with patches.install("ringback", OpusSendConfig(), ["127.0.0.1"]):
+        return await _call_patched(mic, codecs, play, loss_pct)
+
+
+async def _call_patched(
+    mic: OutboundAudioTrack, codecs: list[str] | None, play: list[Pcm16], loss_pct: float
+) -> Heard:
     clock = MonotonicClock()
     tx = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     rx = RTCPeerConnection(RTCConfiguration(iceServers=[]))

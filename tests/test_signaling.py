@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from agent.media import patches
-from harness.peer import Caller
+from harness.peer import Caller, caller_patches
 from tests.conftest import Server, run_server
 
 pytestmark = pytest.mark.e2e
@@ -33,15 +32,15 @@ HTTP_TIMEOUT = aiohttp.ClientTimeout(total=20)
 
 async def make_offer_sdp(*kinds: str) -> str:
     """A real aiortc offer with one transceiver per kind (the peer is closed right away)."""
-    patches.pin_host_addresses(["127.0.0.1"])  # aioice never offers loopback by itself
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    try:
-        for kind in kinds:
-            pc.addTransceiver(kind, direction="sendrecv")
-        await pc.setLocalDescription(await pc.createOffer())
-        return str(pc.localDescription.sdp)
-    finally:
-        await pc.close()
+    with caller_patches():  # loopback host candidates: aioice never offers them by itself
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            for kind in kinds:
+                pc.addTransceiver(kind, direction="sendrecv")
+            await pc.setLocalDescription(await pc.createOffer())
+            return str(pc.localDescription.sdp)
+        finally:
+            await pc.close()
 
 
 def only_ilbc(sdp: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -13,19 +14,24 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from agent.clock import MonotonicClock
-from agent.media import patches
 from agent.media.inbound import playout_frames
 from agent.media.outbound import OutboundAudioTrack
-from harness.peer import LOUD, last_speech_offset
+from harness.peer import LOUD, caller_patches, last_speech_offset
 from tests.conftest import Server
 
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture
+def loopback_peer() -> Iterator[None]:
+    """This process's peers run with the Caller's patches (loopback host candidates)."""
+    with caller_patches():
+        yield
+
+
 async def test_whip_call_is_answered_heard_and_hung_up(
-    server: Server, speech: dict[str, Any]
+    server: Server, speech: dict[str, Any], loopback_peer: None
 ) -> None:
-    patches.pin_host_addresses(["127.0.0.1"])
     clock = MonotonicClock()
     started: dict[object, float] = {}
     spoke = asyncio.Event()

@@ -1,32 +1,65 @@
-"""Patch points into aiortc/aioice private symbols, checked at start-up.
+"""Patch points into aiortc/aioice private symbols: installed together, removed together.
 
-aiortc and aioice are pinned (pyproject.toml); every install function runs `check()`, which fails with a message naming the symbol if an
-upgrade moves one we rely on, instead of the server misbehaving later.
+`install(receive_path, opus_send, host_addresses)` checks the pins, replaces what it is asked
+to and returns a `Patches` handle; `Patches.uninstall()` puts back every original object (the
+handle keeps them). This module holds no state: whether aiortc is patched, and by which
+installation, is read from the patch points themselves (each replacement carries its
+installation). One installation at a time per process: a second `install` while one is
+active raises `PatchError`, unless it asks for `shared=True` with the same settings; then it
+gets its own handle on the active installation, which is undone when its last handle is
+uninstalled (the harness's Callers share one this way).
 
-What is patched, and why (facts in the README's "Receive path" and "Send path" sections):
-- `aiortc.rtcrtpreceiver.JitterBuffer` / `get_decoder`: aiortc's fixed audio buffer adds
-  ~80 ms, ratchets to ~280 ms after one loss and has no concealment. For Opus, PCMU and PCMA
-  the patched receiver hands each RTP packet, stamped with its arrival time, straight to
-  the track as `EncodedAudio`; agent/media/inbound.py buffers (agent/media/rtp_jitter.py) and decodes it
-  (agent/media/opus.py, agent/media/concealment.py). Video and other codecs keep aiortc's path.
-- `RTCRtpReceiver.receive` / its private decoder queue: aiortc passes every packet to a
-  decoder thread and back to the loop (`queue.Queue.put`, a thread wake-up,
-  `run_coroutine_threadsafe`), per packet per call, only for our pass-through "decode".
-  Those packets now go straight into the track's queue on the event loop (`DirectQueue`);
-  the decoder thread still starts but only waits for aiortc's stop signal. One Python
-  thread fewer waking 50 times a second per call also spares the loop the GIL hand-offs.
-- `aiortc.codecs.CODECS` (Opus fmtp): answers advertise `useinbandfec=1;minptime=10`, so
-  browsers put FEC in their packets.
-- `aiortc.rtcrtpsender.get_encoder`: Opus at a speech bitrate with in-band FEC.
-- `RTCRtpSender.send` / `replaceTrack`: when a sender starts with Opus and its track is an
-  OutboundAudioTrack, the track is told to encode inline (`encode_opus`): it returns encoded
-  packets, which `_next_encoded_frame` only packs (`OpusEncoder.pack`) instead of running the
-  encoder in the default thread pool and computing the audio level, once per 20 ms per call.
-- `aiortc.rtp.compute_audio_level_dbov`: the same level in numpy (~3 µs a frame instead of
-  aiortc's pure-Python loop, ~56 µs on the event loop) for tracks that still hand aiortc frames.
-- `aioice.ice.get_host_addresses`: aioice never offers loopback; tests pin 127.0.0.1.
-- `RTCDtlsTransport._send_rtp` (per connection, `hook_outgoing_rtp`): seeded in-process
-  impairment of what a test or benchmark peer sends.
+aiortc and aioice are pinned (pyproject.toml); `install` and `hook_outgoing_rtp` run `check()`
+first, which fails with a message naming the symbol if an upgrade moves one of the
+`PATCH_POINTS`, instead of the server misbehaving later. The start-up self-test
+(agent/call/selfcheck.py) runs it too.
+
+The patch points, and why (facts in the README's "Receive path" and "Send path" sections).
+"Replaced": `install` sets it and `uninstall` restores it; "relied on": used as it is, checked.
+
+Receive path (`receive_path="ringback"`; `"aiortc"` leaves aiortc's own):
+- `aiortc.rtcrtpreceiver.JitterBuffer` (replaced): aiortc's fixed audio buffer adds ~80 ms,
+  ratchets to ~280 ms after one loss and has no concealment. Audio receivers get a
+  pass-through buffer instead: every packet leaves at once, stamped with its arrival time.
+  Video keeps aiortc's buffer.
+- `aiortc.rtcrtpreceiver.get_decoder` (replaced): for Opus, PCMU and PCMA a pass-through
+  "decoder" hands the packet to the track as `EncodedAudio`; agent/media/inbound.py buffers
+  (agent/media/rtp_jitter.py) and decodes it (agent/media/opus.py, concealment.py). Other codecs
+  keep aiortc's decoders.
+- `aiortc.jitterbuffer.JitterFrame` (relied on): subclassed for the stamped frame.
+- `RTCRtpReceiver.receive` (replaced): on its first call, swaps the receiver's private decoder
+  queue for a `DirectQueue`. aiortc passes every packet to a decoder thread and back to the
+  loop (`queue.Queue.put`, a thread wake-up, `run_coroutine_threadsafe`), per packet per call,
+  only for our pass-through "decode"; those packets now go straight into the track's queue on
+  the event loop. One Python thread fewer waking 50 times a second per call also spares the
+  loop the GIL hand-offs.
+- `RTCRtpReceiver._RTCRtpReceiver__stop_decoder` and `aiortc.rtcrtpreceiver.decoder_worker`
+  (relied on): aiortc still starts its decoder thread, which reads `DirectQueue.get` and only
+  waits for the stop signal (None) that `__stop_decoder` puts.
+
+Send path and SDP (`opus_send` given; None leaves aiortc's own):
+- `aiortc.codecs.CODECS` (Opus's `parameters` dict replaced): answers and offers advertise
+  `useinbandfec=1;minptime=10`, so browsers put FEC in their packets.
+- `aiortc.rtcrtpsender.get_encoder` (replaced): aiortc's Opus encoder at a speech bitrate with
+  in-band FEC (`opus_send`), for tracks that hand aiortc frames.
+- `aiortc.codecs.opus.OpusEncoder` (relied on): subclassed for that encoder.
+- `RTCRtpSender.send` / `RTCRtpSender.replaceTrack` (replaced): when a sender starts with Opus
+  and its track is an OutboundAudioTrack, the track is told to encode inline (`encode_opus`):
+  it returns encoded packets instead of running the encoder in the default thread pool and
+  computing the audio level, once per 20 ms per call.
+- `RTCRtpSender._next_encoded_frame` and `OpusEncoder.pack` (relied on): given an `av.Packet`
+  instead of a frame, aiortc only packs it.
+- `aiortc.rtp.compute_audio_level_dbov` (replaced): the same level in numpy (~3 µs a frame
+  instead of aiortc's pure-Python loop, ~56 µs on the event loop) for tracks that still hand
+  aiortc frames.
+
+ICE (`host_addresses` given; empty leaves aioice's own):
+- `aioice.ice.get_host_addresses` (replaced): aioice never offers loopback; tests pin 127.0.0.1.
+
+Per connection, not part of an installation (`hook_outgoing_rtp`):
+- `RTCDtlsTransport._send_rtp`: that connection's transport instance only gets a hook (seeded
+  in-process impairment of what a test or benchmark peer sends); the class is not touched, and
+  the hook goes with the connection.
 """
 
 from __future__ import annotations
@@ -38,7 +71,9 @@ import math
 import queue
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from importlib.metadata import version
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -71,23 +106,33 @@ PATCH_POINTS: tuple[tuple[str, str], ...] = (
     ("aiortc.rtp", "compute_audio_level_dbov"),
 )
 
+# The functions `install` replaces with its own (each marked with its installation).
+MARKED_POINTS: tuple[tuple[str, str], ...] = (
+    ("aioice.ice", "get_host_addresses"),
+    ("aiortc.rtcrtpreceiver", "JitterBuffer"),
+    ("aiortc.rtcrtpreceiver", "get_decoder"),
+    ("aiortc.rtcrtpreceiver", "RTCRtpReceiver.receive"),
+    ("aiortc.rtcrtpsender", "get_encoder"),
+    ("aiortc.rtcrtpsender", "RTCRtpSender.send"),
+    ("aiortc.rtcrtpsender", "RTCRtpSender.replaceTrack"),
+)
+
 OWN_DECODE = frozenset({"opus", "PCMU", "PCMA"})
 RECEIVE_PATHS = ("ringback", "aiortc")
+FEC_SDP = {"useinbandfec": 1, "minptime": 10}
 
 SendRtp = Callable[[bytes], Awaitable[None]]
 RtpHook = Callable[[bytes, SendRtp], Awaitable[None]]
+
+_MARK = "ringback_patches"  # attribute of each replacement function: its _Installation
 
 
 class PatchError(RuntimeError):
     pass
 
 
-_checked = False
-
-
 def check() -> None:
     """Fail, naming the package or symbol, if the installed aiortc/aioice is not the pinned one."""
-    global _checked
     for package, pinned in PINNED.items():
         installed = version(package)
         if installed != pinned:
@@ -96,61 +141,200 @@ def check() -> None:
                 "its private symbols are patched, reinstall with `make clean run`"
             )
     for module_name, dotted in PATCH_POINTS:
-        target: Any = importlib.import_module(module_name)
-        for attr in dotted.split("."):
-            target = getattr(target, attr, None)
-        if target is None:
+        if _resolve(module_name, dotted) is None:
             raise PatchError(f"{module_name}.{dotted} is missing: the pinned aiortc/aioice changed")
-    _checked = True
 
 
-def _guard() -> None:
-    """Every patch checks the pins first: patching the wrong version must fail loudly."""
-    if not _checked:
-        check()
+def _resolve(module_name: str, dotted: str) -> Any:
+    """The object at `module.dotted` now (None if missing); modules are typed Any on purpose."""
+    target: Any = importlib.import_module(module_name)
+    for attr in dotted.split("."):
+        target = getattr(target, attr, None)
+    return target
+
+
+@dataclass(frozen=True)
+class PatchSettings:
+    """What an installation patches: each part left as aiortc has it when not asked for."""
+
+    receive_path: str = "aiortc"  # "ringback": the project's jitter buffer and decoders
+    opus_send: OpusSendConfig | None = None  # None: aiortc's own encoder, SDP and send path
+    host_addresses: tuple[str, ...] = ()  # (): aioice's own host candidates
+
+
+class _Installation:
+    """The originals one `install` replaced, and how many handles still use them."""
+
+    def __init__(self, settings: PatchSettings) -> None:
+        self.settings = settings
+        self.handles = 0
+        self.originals: dict[str, Any] = {}
+        self._saved: list[tuple[Any, str, bool, Any]] = []  # (owner, name, own attribute, value)
+
+    def replace(self, point: str, owner: Any, name: str, value: Any) -> None:
+        """Set `owner.name` to `value`, keeping the object it had (`point` names it)."""
+        original = getattr(owner, name)
+        self._saved.append((owner, name, name in vars(owner), original))
+        self.originals[point] = original
+        setattr(owner, name, value)
+
+    def mark(self, replacement: Callable[..., Any]) -> Callable[..., Any]:
+        replacement.__dict__[_MARK] = self
+        return replacement
+
+    def restore(self) -> None:
+        while self._saved:
+            owner, name, own, original = self._saved.pop()
+            if own:
+                setattr(owner, name, original)
+            else:  # it was inherited: remove the override
+                delattr(owner, name)
+
+
+def _active() -> _Installation | None:
+    """The installation whose replacements are in aiortc/aioice now, if any."""
+    for module_name, dotted in MARKED_POINTS:
+        found = getattr(_resolve(module_name, dotted), "__dict__", {}).get(_MARK)
+        if isinstance(found, _Installation):
+            return found
+    return None
+
+
+class Patches:
+    """A handle on installed patches (see `install`); also a context manager that uninstalls."""
+
+    def __init__(self, installation: _Installation) -> None:
+        self._installation = installation
+        self._installed = True
+        installation.handles += 1
+
+    @property
+    def settings(self) -> PatchSettings:
+        return self._installation.settings
+
+    @property
+    def installed(self) -> bool:
+        """Whether this handle still holds its installation (until `uninstall`)."""
+        return self._installed
+
+    def uninstall(self) -> None:
+        """Release this handle; the last handle of an installation restores every patch point
+        it replaced. A second call does nothing."""
+        if not self._installed:
+            return
+        self._installed = False
+        self._installation.handles -= 1
+        if self._installation.handles == 0:
+            self._installation.restore()
+
+    def original(self, point: str) -> Any:
+        """What aiortc/aioice had at `point` ("aiortc.rtp.compute_audio_level_dbov") before
+        this installation replaced it."""
+        try:
+            return self._installation.originals[point]
+        except KeyError:
+            raise PatchError(f"{point} is not replaced by this installation") from None
+
+    def encode_inline(self, sender: Any, codec: Any) -> bool:
+        """If `sender` sends `codec` = Opus from an OutboundAudioTrack, have the track encode it
+        itself (with this installation's `opus_send`). Returns whether it does."""
+        send = self.settings.opus_send
+        return send is not None and _encode_inline(sender, codec, send)
+
+    def __enter__(self) -> Patches:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.uninstall()
+
+    def __repr__(self) -> str:
+        state = "installed" if self._installed else "uninstalled"
+        return f"Patches({self.settings}, {state})"
 
 
 def install(
-    receive_path: str, opus_send: OpusSendConfig, host_addresses: Sequence[str] = ()
-) -> None:
-    """The one set-up sequence of the server, the harness and the benchmarks."""
+    receive_path: str,
+    opus_send: OpusSendConfig | None,
+    host_addresses: Sequence[str] = (),
+    *,
+    shared: bool = False,
+) -> Patches:
+    """Check the pins, patch aiortc/aioice as asked and return the handle that undoes it.
+
+    `receive_path`: "ringback" (the project's jitter buffer and decoders) or "aiortc" (its own,
+    not patched). `opus_send`: Opus SDP, encoder settings and inline encoding (None: aiortc's
+    own). `host_addresses`: the only ICE host candidates (empty: aioice's own).
+
+    While an installation is active, another is refused (PatchError): uninstall it first. With
+    `shared=True` and the same settings, the caller gets its own handle on the active one
+    instead (different settings are still refused). An installation that replaces nothing
+    ("aiortc", None, no addresses) blocks no other.
+    """
+    if receive_path not in RECEIVE_PATHS:
+        raise ValueError(
+            f"receive path must be one of {', '.join(RECEIVE_PATHS)}, not {receive_path!r}"
+        )
+    settings = PatchSettings(receive_path, opus_send, tuple(host_addresses))
     check()
-    if host_addresses:
-        pin_host_addresses(host_addresses)
-    use_receive_path(receive_path)
-    configure_opus(opus_send)
+    active = _active()
+    if active is not None:
+        if not shared:
+            raise PatchError(
+                f"aiortc is already patched ({active.settings}): uninstall() that first, "
+                "or install(..., shared=True) with the same settings"
+            )
+        if active.settings != settings:
+            raise PatchError(
+                f"aiortc is already patched with other settings ({active.settings}), not {settings}"
+            )
+        return Patches(active)
+    installation = _Installation(settings)
+    try:
+        if settings.host_addresses:
+            _pin_host_addresses(installation, settings.host_addresses)
+        if receive_path == "ringback":
+            _patch_receive_path(installation)
+        if opus_send is not None:
+            _patch_send_path(installation, opus_send)
+    except BaseException:
+        installation.restore()
+        raise
+    return Patches(installation)
 
 
-def use_receive_path(path: str) -> None:
-    """`ringback`: the project's jitter buffer and decoders; `aiortc`: aiortc's own."""
-    if path == "ringback":
-        install_receive_path()
-    elif path == "aiortc":
-        uninstall_receive_path()
-    else:
-        raise ValueError(f"receive path must be one of {', '.join(RECEIVE_PATHS)}, not {path!r}")
+# --- ICE ----------------------------------------------------------------------------------
 
 
-def pin_host_addresses(addresses: Sequence[str]) -> None:
-    """Make ICE gather host candidates only on these addresses (aioice never offers loopback)."""
-    _guard()
-    import aioice.ice
-
-    fixed = list(addresses)
+def _pin_host_addresses(installation: _Installation, addresses: tuple[str, ...]) -> None:
+    """ICE gathers host candidates only on these addresses (aioice never offers loopback)."""
+    ice: Any = importlib.import_module("aioice.ice")
 
     def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [a for a in fixed if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+        return [a for a in addresses if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
-    aioice.ice.get_host_addresses = get_host_addresses
+    installation.replace(
+        "aioice.ice.get_host_addresses",
+        ice,
+        "get_host_addresses",
+        installation.mark(get_host_addresses),
+    )
+
+
+# --- per connection -----------------------------------------------------------------------
 
 
 def hook_outgoing_rtp(pc: Any, hook: RtpHook) -> None:
     """Route every RTP packet that `pc` sends through `hook(data, send)`; RTCP passes untouched.
 
     For in-process impairment in tests and benchmarks. Call after setLocalDescription (the
-    transports exist from then on).
+    transports exist from then on). Only this connection's transports are hooked.
     """
-    _guard()
+    check()
     transports = {id(s.transport): s.transport for s in pc.getSenders() if s.transport is not None}
     if not transports:
         raise PatchError("the peer connection has no sender transport yet")
@@ -171,25 +355,15 @@ def _hooked(send: SendRtp, hook: RtpHook) -> SendRtp:
 # --- receive path -------------------------------------------------------------------------
 
 
-_originals: dict[str, Any] = {}
-
-
-def _private(module_name: str) -> Any:
-    """A module whose private symbols we replace (typed as Any on purpose)."""
-    return importlib.import_module(module_name)
-
-
-def install_receive_path(now: Callable[[], float] = time.monotonic) -> None:
+def _patch_receive_path(
+    installation: _Installation, now: Callable[[], float] = time.monotonic
+) -> None:
     """Route Opus/PCMU/PCMA packets to the project's jitter buffer and decoders."""
-    _guard()
     from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 
-    receiver = _private("aiortc.rtcrtpreceiver")
-    if "JitterBuffer" in _originals:
-        return
-    _originals["JitterBuffer"] = receiver.JitterBuffer
-    _originals["get_decoder"] = receiver.get_decoder
+    receiver: Any = importlib.import_module("aiortc.rtcrtpreceiver")
     original_get_decoder = receiver.get_decoder
+    original_receive = receiver.RTCRtpReceiver.receive
 
     class StampedFrame(JitterFrame):
         def __init__(self, packet: Any, arrival_s: float) -> None:
@@ -240,18 +414,24 @@ def install_receive_path(now: Callable[[], float] = time.monotonic) -> None:
             return PassThroughDecoder(codec)
         return original_get_decoder(codec)
 
-    receiver.JitterBuffer = make_buffer
-    receiver.get_decoder = get_decoder
-
-    original_receive = receiver.RTCRtpReceiver.receive
-    _originals["receive"] = original_receive
-
     async def receive(self: Any, parameters: Any) -> None:
         if not self._RTCRtpReceiver__started:  # first call: the thread starts now
             self._RTCRtpReceiver__decoder_queue = DirectQueue(self._track._queue, get_decoder)
         await original_receive(self, parameters)
 
-    receiver.RTCRtpReceiver.receive = receive
+    mark = installation.mark
+    installation.replace(
+        "aiortc.rtcrtpreceiver.JitterBuffer", receiver, "JitterBuffer", mark(make_buffer)
+    )
+    installation.replace(
+        "aiortc.rtcrtpreceiver.get_decoder", receiver, "get_decoder", mark(get_decoder)
+    )
+    installation.replace(
+        "aiortc.rtcrtpreceiver.RTCRtpReceiver.receive",
+        receiver.RTCRtpReceiver,
+        "receive",
+        mark(receive),
+    )
 
 
 class DirectQueue:
@@ -283,37 +463,25 @@ class DirectQueue:
         return self._thread_queue.get()
 
 
-def uninstall_receive_path() -> None:
-    """Back to aiortc's own receive path (benchmarks compare both in one run)."""
-    receiver = _private("aiortc.rtcrtpreceiver")
-    if "JitterBuffer" in _originals:
-        receiver.JitterBuffer = _originals.pop("JitterBuffer")
-        receiver.get_decoder = _originals.pop("get_decoder")
-        receiver.RTCRtpReceiver.receive = _originals.pop("receive")
-
-
 # --- send path and SDP --------------------------------------------------------------------
 
 
-def configure_opus(send: OpusSendConfig) -> None:
+def _patch_send_path(installation: _Installation, send: OpusSendConfig) -> None:
     """Advertise in-band FEC in the SDP and encode with speech settings and FEC.
 
     Opus senders whose track is an OutboundAudioTrack get it to encode inline (its packets are
     only packed by aiortc); any other track's frames go through aiortc's encoder, configured
-    the same way. Calling it again replaces the settings for senders started afterwards.
+    the same way.
     """
-    _guard()
-    import aiortc.codecs
-    import aiortc.rtp
     from aiortc.codecs.opus import OpusEncoder
-    from aiortc.rtcrtpsender import RTCRtpSender
 
-    sender = _private("aiortc.rtcrtpsender")
-    for codec in aiortc.codecs.CODECS["audio"]:
-        if codec.mimeType.lower() == "audio/opus":
-            codec.parameters.update({"useinbandfec": 1, "minptime": 10})
-
-    original_get_encoder = _originals.setdefault("get_encoder", sender.get_encoder)
+    codecs: Any = importlib.import_module("aiortc.codecs")
+    sender: Any = importlib.import_module("aiortc.rtcrtpsender")
+    rtp: Any = importlib.import_module("aiortc.rtp")
+    sender_class = sender.RTCRtpSender
+    original_get_encoder = sender.get_encoder
+    original_send = sender_class.send
+    original_replace_track = sender_class.replaceTrack
 
     class SpeechOpusEncoder(OpusEncoder):
         def __init__(self) -> None:
@@ -325,28 +493,45 @@ def configure_opus(send: OpusSendConfig) -> None:
             return SpeechOpusEncoder()
         return original_get_encoder(codec)
 
-    sender.get_encoder = get_encoder
-    _send_config["opus"] = send
-    if "send" not in _originals:
-        _originals["send"] = RTCRtpSender.send
-        _originals["replaceTrack"] = RTCRtpSender.replaceTrack
-        _originals["compute_audio_level_dbov"] = aiortc.rtp.compute_audio_level_dbov
-        RTCRtpSender.send = _send  # type: ignore[method-assign]
-        RTCRtpSender.replaceTrack = _replace_track  # type: ignore[method-assign]
-        aiortc.rtp.compute_audio_level_dbov = audio_level_dbov
+    async def send_rtp(self: Any, parameters: Any) -> None:
+        # parameters.codecs[0] is the codec aiortc's _run_rtp will use (rtcrtpsender.py, send()).
+        if parameters.codecs and getattr(self, "_ringback_codec", None) is None:
+            self._ringback_codec = parameters.codecs[0]
+            _encode_inline(self, self._ringback_codec, send)
+        await original_send(self, parameters)
+
+    def replace_track(self: Any, track: Any) -> None:
+        original_replace_track(self, track)
+        codec = getattr(self, "_ringback_codec", None)
+        if codec is not None:
+            _encode_inline(self, codec, send)
+
+    for codec in codecs.CODECS["audio"]:
+        if codec.mimeType.lower() == "audio/opus":
+            installation.replace(
+                "aiortc.codecs.CODECS", codec, "parameters", {**codec.parameters, **FEC_SDP}
+            )
+    mark = installation.mark
+    installation.replace(
+        "aiortc.rtcrtpsender.get_encoder", sender, "get_encoder", mark(get_encoder)
+    )
+    installation.replace(
+        "aiortc.rtcrtpsender.RTCRtpSender.send", sender_class, "send", mark(send_rtp)
+    )
+    installation.replace(
+        "aiortc.rtcrtpsender.RTCRtpSender.replaceTrack",
+        sender_class,
+        "replaceTrack",
+        mark(replace_track),
+    )
+    installation.replace(
+        "aiortc.rtp.compute_audio_level_dbov", rtp, "compute_audio_level_dbov", audio_level_dbov
+    )
 
 
-_send_config: dict[str, OpusSendConfig] = {}
-
-
-def encode_inline(sender: Any, codec: Any) -> bool:
-    """If `sender` sends `codec` = Opus from an OutboundAudioTrack, have the track encode it
-    itself (with the settings of the last `configure_opus`). Returns whether it does."""
-    send = _send_config.get("opus")
+def _encode_inline(sender: Any, codec: Any, send: OpusSendConfig) -> bool:
     track = sender.track
-    if send is None or not isinstance(track, OutboundAudioTrack):
-        return False
-    if codec.mimeType.lower() != "audio/opus":
+    if not isinstance(track, OutboundAudioTrack) or codec.mimeType.lower() != "audio/opus":
         return False
     try:
         track.encode_opus(send)
@@ -354,21 +539,6 @@ def encode_inline(sender: Any, codec: Any) -> bool:
         log.warning("Opus is encoded by aiortc (in its thread pool): %s", e)
         return False
     return True
-
-
-async def _send(self: Any, parameters: Any) -> None:
-    # parameters.codecs[0] is the codec aiortc's _run_rtp will use (rtcrtpsender.py, send()).
-    if parameters.codecs and getattr(self, "_ringback_codec", None) is None:
-        self._ringback_codec = parameters.codecs[0]
-        encode_inline(self, self._ringback_codec)
-    await _originals["send"](self, parameters)
-
-
-def _replace_track(self: Any, track: Any) -> None:
-    _originals["replaceTrack"](self, track)
-    codec = getattr(self, "_ringback_codec", None)
-    if codec is not None:
-        encode_inline(self, codec)
 
 
 def audio_level_dbov(frame: Any) -> int:
