@@ -71,7 +71,7 @@ class WhisperConfig:
     window_s: float = 10.0  # minimum encoder window (shorter windows make tiny.en loop)
     max_queue: int = 32
     no_speech_threshold: float = 0.6  # '' when whisper thinks there was no speech
-    max_batch: int = 8  # passes one worker transcribes together
+    max_batch: int = 4  # passes one worker transcribes together
     start_timeout_s: float = 60.0  # a worker loads and warms its model within this
 
     def __post_init__(self) -> None:
