@@ -24,8 +24,8 @@ def to16k(pcm48: Pcm16) -> Pcm16:
 
 
 def long_pass(speech: dict[str, Pcm16]) -> Pcm16:
-    """~8 s of speech: keeps a worker busy while the test queues passes behind it."""
-    return np.concatenate([to16k(speech[t]) for t in SENTENCES[:6]])
+    """~6 s of speech: keeps a worker busy while the test queues passes behind it."""
+    return np.concatenate([to16k(speech[t]) for t in SENTENCES[:5]])
 
 
 async def started(config: WhisperConfig) -> WhisperPool:
@@ -124,8 +124,8 @@ async def test_a_killed_worker_is_replaced_alone_and_its_pass_runs_on_the_other(
         await asyncio.sleep(0.05)
         os.kill(pids[0], signal.SIGKILL)
         a, b = await asyncio.gather(victim_pass, other_pass)
-        expected = " ".join(SENTENCES[:6])
-        assert wer(expected, a.text) <= 0.1 and wer(expected, b.text) <= 0.1, (a.text, b.text)
+        assert a.text == b.text, "the same audio: the same words, re-run or not"
+        assert wer(" ".join(SENTENCES[:5]), a.text) <= 0.1, a.text
         assert pool.restarts == 1 and pool.reruns == 1
         assert pids[1] in pool.worker_pids, "the other worker was never restarted"
         for _ in range(200):  # the replacement loads its model (~1 s)
