@@ -24,8 +24,20 @@ was running are run again once on a live worker when there is one; with none (on
 they fail retryable at once, since the listener's fallback (the streaming final) is ready
 now and a new worker needs ~1 s to load.
 
-Measured (bench/whisper_batch.py, 2 cores, 10 s window; README "Hearing"): see the numbers
-below. The choice:
+Measured (bench/whisper_batch.py, 2 cores shared with a busy machine, so ratios only; N
+passes given at once, wall ms / passes per s):
+
+    layout                   N=1        N=4         N=8
+    1 process x 2 threads    250 / 4.0  1188 / 3.4  2267 / 3.5   batched
+                             256 / 3.9  1486 / 2.7  2515 / 3.2   one by one
+    2 processes x 1 thread   236 / 4.2  1543 / 2.6  2567 / 3.1   batched
+                             517 / 1.9  1753 / 2.3  3516 / 2.3   one by one
+
+A batch's passes all wait for its end, so batching lowers the wall time and raises passes/s
+but not every pass's latency (mean 1127 vs 872 ms at N=4): `max_batch` is 4. RSS per worker:
+160 MB idle, ~170 MB after single passes, ~240 MB after batches of 8 (scratch buffers). The
+old pool: 2 × 185 MB + a 12 MB resource tracker, and ctranslate2 in the server (+20 MB).
+The choice:
 
 - ONE process with `cpu_threads=2`, serving batches, is the default. At 1 pass it is as fast
   as a process with one thread (a little faster); at 4 and 8 waiting passes, one batch
