@@ -277,7 +277,7 @@ KINDS = (
     ("agent.engines.asr_worker", "pocketsphinx"),
     ("agent.engines.tts_worker", "tts"),
     ("resource_tracker", "other"),
-    ("multiprocessing", "whisper"),
+    ("agent.engines.whisper_worker", "whisper"),
 )
 
 

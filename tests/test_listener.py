@@ -25,6 +25,7 @@ from agent.conversation.listener import (
     TurnEvent,
 )
 from agent.engines.interfaces import EngineError, Transcription
+from agent.engines.priority import Urgency
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ class ScriptedTranscriber:
     async def start(self) -> None:
         return None
 
-    async def transcribe(self, pcm16: Pcm16) -> Transcription:
+    async def transcribe(self, pcm16: Pcm16, urgency: Urgency | None = None) -> Transcription:
         frames = pcm16.size // 320
         self.calls.append(frames)
         try:

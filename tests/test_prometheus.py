@@ -96,7 +96,8 @@ def test_turns_errors_and_links_move_the_right_series() -> None:
     assert value(s, "ringback_endpoint_delay_seconds_count") == 1
     # A first token before the end of speech (speculation) counts as 0.
     assert value(s, "ringback_llm_first_token_seconds_bucket", le="0.05") == 1
-    assert value(s, "ringback_engine_queue_wait_seconds_count", engine="whisper") == 1
+    assert value(s, "ringback_engine_queue_wait_seconds_count", engine="whisper",
+                 **{"class": "turn_final"}) == 1  # fmt: skip
     assert value(s, "ringback_playout_delay_seconds_bucket", le="0.05") == 1
     assert value(s, "ringback_event_loop_lag_seconds") == 0.004
     assert value(s, "ringback_event_loop_lag_hist_seconds_count") == 2
@@ -206,8 +207,10 @@ async def test_metrics_and_sessions_move_during_a_real_call(
         assert moved(hist + "_count") == len(said), hist
     v2v = moved("ringback_voice_to_voice_server_seconds_sum") / len(said)
     assert 0 < v2v < 3.0
-    assert moved("ringback_engine_queue_wait_seconds_count", engine="whisper") >= 1
-    assert moved("ringback_engine_queue_wait_seconds_count", engine="tts") >= 1
+    assert moved("ringback_engine_queue_wait_seconds_count", engine="whisper",
+                 **{"class": "turn_final"}) >= 1  # fmt: skip
+    assert moved("ringback_engine_queue_wait_seconds_count", engine="tts",
+                 **{"class": "first_audio"}) >= 1  # fmt: skip
     assert moved("ringback_playout_delay_seconds_count") >= 1  # a link report every 2 s
     assert moved("ringback_link_frames_total", kind="delivered") > 100
     assert value(after, "ringback_event_loop_lag_hist_seconds_count") > 0

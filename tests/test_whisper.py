@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 import signal
 import sys
@@ -15,7 +14,6 @@ import pytest
 
 from agent.audio import Decimator, Pcm16
 from agent.call.selfcheck import check_models
-from agent.engines import whisper_worker
 from agent.engines.interfaces import EngineError
 from agent.engines.whisper_final import model_dir
 from agent.engines.whisper_pool import WhisperConfig, WhisperPool
@@ -133,8 +131,7 @@ async def test_passes_run_in_worker_processes_and_a_dead_worker_is_replaced(
     p = WhisperPool(WhisperConfig(workers=1))
     await p.start()
     try:
-        assert p._executor is not None
-        pid = await asyncio.get_running_loop().run_in_executor(p._executor, whisper_worker.ready)
+        (pid,) = p.worker_pids
         assert pid != os.getpid()
         pcm = to16k(speech["What time is it?"])
         running = asyncio.ensure_future(p.transcribe(np.concatenate([pcm] * 8)))
@@ -146,7 +143,7 @@ async def test_passes_run_in_worker_processes_and_a_dead_worker_is_replaced(
         assert p.restarts == 1
         again = await p.transcribe(pcm)  # a new worker loads the model and answers
         assert wer("what time is it", again.text) == 0.0, again.text
-        assert pid not in [c.pid for c in multiprocessing.active_children()]
+        assert pid not in p.worker_pids and not os.path.exists(f"/proc/{pid}"), "reaped"  # noqa: ASYNC240 (procfs)
     finally:
         await p.aclose()
 
@@ -155,13 +152,11 @@ def test_worker_processes_die_with_a_killed_server(tmp_path: Path) -> None:
     """SIGKILL the process that owns a pool: its whisper workers (~170 MB each) go too."""
     code = (
         "import asyncio, os\n"
-        "from agent.engines import whisper_worker\n"
         "from agent.engines.whisper_pool import WhisperConfig, WhisperPool\n"
         "async def main():\n"
         "    p = WhisperPool(WhisperConfig(workers=1))\n"
         "    await p.start()\n"
-        "    loop = asyncio.get_running_loop()\n"
-        "    print(await loop.run_in_executor(p._executor, whisper_worker.ready), flush=True)\n"
+        "    print(p.worker_pids[0], flush=True)\n"
         "    await asyncio.sleep(60)\n"
         "asyncio.run(main())\n"
     )

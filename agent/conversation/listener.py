@@ -7,11 +7,13 @@ asked for every `partial_interval_ms` and reported when it changes.
 
 With an accurate `Transcriber` (hybrid recognition), the streaming recognizer only gives
 live captions. At the first pause after speech the accurate pass starts on the utterance so
-far, off the event loop; when it is back, its text is the hypothesis a reply may start from
+far, off the event loop, as SPECULATIVE work for the shared pool (other calls' turn-ending
+passes go first); when it is back, its text is the hypothesis a reply may start from
 (`Paused`), and how complete its words sound sets the silence that ends the turn
-(completeness.py); until it is back, the turn is held open as if the words were unfinished. If the user goes on, the pass is discarded and a new one runs at the next
-pause over the longer utterance. At the end of turn the last pass is adopted (awaited if
-still running); if it failed, the streaming recognizer's final is used.
+(completeness.py); until it is back, the turn is held open as if the words were unfinished. If the user goes on, the pass is discarded (cancelled: if it still waits for the pool, it
+never runs) and a new one runs at the next pause over the longer utterance. At the end of
+turn the last pass is adopted (awaited if still running, raised to TURN_FINAL: the turn now
+waits for it); if it failed, the streaming recognizer's final is used.
 
     SpeechStarted  the user started talking (a new turn's metrics begin here)
     Partial        a changed live caption
@@ -38,6 +40,7 @@ from agent.clock import Clock
 from agent.conversation.completeness import TurnEndConfig, completeness
 from agent.conversation.endpointer import Endpointer, EndpointKind
 from agent.engines.interfaces import EngineError, Recognizer, Transcriber, Transcription
+from agent.engines.priority import Priority, Urgency
 from agent.metrics import TurnMetrics
 
 log = logging.getLogger(__name__)
@@ -138,6 +141,7 @@ class Listener:
             maxlen=max(1, int(config.max_utterance_s * 1000) // frame_ms)
         )
         self._pass: asyncio.Task[Transcription] | None = None
+        self._pass_urgency = Urgency(Priority.SPECULATIVE)
         self._pass_reported = False
         self._turn = 0
         self._metrics = TurnMetrics(turn=0)
@@ -186,7 +190,7 @@ class Listener:
             await self._push(frame.pcm16)
             if self._transcriber is None:
                 return [*out, Paused(await rec.partial(), self._metrics)]
-            self._start_pass()
+            self._start_pass(Priority.SPECULATIVE)
             # Until the pass is back, hold the turn open as long as unfinished words would:
             # ending it on the default silence first would make reading them pointless.
             turn_end = self._config.turn_end
@@ -261,11 +265,13 @@ class Listener:
 
     # --- the accurate pass -------------------------------------------------------------
 
-    def _start_pass(self) -> None:
+    def _start_pass(self, priority: Priority) -> None:
         assert self._transcriber is not None and self._pass is None
         pcm = np.concatenate(list(self._utterance))
+        self._pass_urgency = Urgency(priority)
         self._pass = asyncio.get_running_loop().create_task(
-            self._transcriber.transcribe(pcm), name=f"final-pass-{self._turn}"
+            self._transcriber.transcribe(pcm, self._pass_urgency),
+            name=f"final-pass-{self._turn}",
         )
         self._pass_reported = False
         self._metrics.final_passes += 1
@@ -293,7 +299,9 @@ class Listener:
         if self._transcriber is None:
             return await self._streaming_final()
         if self._pass is None:
-            self._start_pass()
+            self._start_pass(Priority.TURN_FINAL)
+        else:
+            self._pass_urgency.raise_to(Priority.TURN_FINAL)  # the turn waits for it now
         task, self._pass = self._pass, None
         assert task is not None
         try:

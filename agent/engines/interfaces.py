@@ -31,6 +31,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from agent.audio import Pcm16
+from agent.engines.priority import Urgency
 
 
 class EngineError(Exception):
@@ -90,8 +91,10 @@ class Transcriber(Protocol):
         """Load and warm the model, off the event loop."""
         ...
 
-    async def transcribe(self, pcm16: Pcm16) -> Transcription:
-        """Cancellable: a pass cancelled before it runs costs nothing."""
+    async def transcribe(self, pcm16: Pcm16, urgency: Urgency | None = None) -> Transcription:
+        """Cancellable: a pass cancelled before it runs costs nothing. `urgency` (default:
+        TURN_FINAL) orders it against other calls' passes; the caller may raise it while the
+        pass waits."""
         ...
 
     async def aclose(self) -> None: ...

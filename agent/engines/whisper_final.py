@@ -27,18 +27,21 @@ from __future__ import annotations
 import importlib.util
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ctranslate2
 import numpy as np
 import numpy.typing as npt
 import tokenizers
 
-from agent.audio import ASR_RATE_HZ, Pcm16
+if TYPE_CHECKING:
+    from agent.audio import Pcm16
 
-RATE_HZ = ASR_RATE_HZ
+# agent.audio.ASR_RATE_HZ, not imported: agent.audio loads PyAV, ~25 MB more in every worker.
+RATE_HZ = 16_000
 N_FFT = 400
 HOP = 160
 N_MELS = 80
@@ -236,30 +239,60 @@ class WhisperFinal:
         return min(len(self._prompt) + new, 448)
 
     def transcribe_detailed(self, pcm16: Pcm16) -> Transcript:
-        audio_s = pcm16.size / RATE_HZ
-        feats = self.features(pcm16)
+        return self.transcribe_batch([pcm16])[0]
+
+    def transcribe_batch(self, batch: Sequence[Pcm16]) -> list[Transcript]:
+        """Several utterances in one encode + one `generate` per feature length, in order.
+
+        Utterances whose features have the same number of frames (every one shorter than the
+        window) are stacked into one batch; a longer one is encoded apart rather than padded
+        further, so each result is the one it would get alone (up to float rounding in the
+        batched matrix products). The times of a group are shared by its utterances.
+        """
+        feats = [self.features(pcm16) for pcm16 in batch]
+        groups: dict[int, list[int]] = {}
+        for i, f in enumerate(feats):
+            groups.setdefault(int(f.shape[2]), []).append(i)
+        out: list[Transcript | None] = [None] * len(batch)
+        for frames, members in groups.items():
+            stacked = np.ascontiguousarray(np.concatenate([feats[i] for i in members]))
+            durations = [batch[i].size / RATE_HZ for i in members]
+            for i, t in zip(members, self._run(stacked, durations, frames), strict=True):
+                out[i] = t
+        return [t for t in out if t is not None]
+
+    def _run(self, feats: F32, durations: list[float], frames: int) -> list[Transcript]:
         t0 = time.perf_counter()
         encoded = self._model.encode(ctranslate2.StorageView.from_array(feats), to_cpu=False)
         t1 = time.perf_counter()
-        max_length = self.max_length(audio_s)
-        result = self._model.generate(
+        caps = [self.max_length(d) for d in durations]
+        results = self._model.generate(
             encoded,
-            [self._prompt],
+            [self._prompt] * len(durations),
             beam_size=1,
-            max_length=max_length,
+            max_length=max(caps),
             no_repeat_ngram_size=self.no_repeat_ngram_size,
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
             suppress_tokens=self._suppress,
-        )[0]
+        )
         t2 = time.perf_counter()
-        ids = [int(i) for i in result.sequences_ids[0]]
+        return [
+            self._transcript(result, audio_s, cap, frames, t1 - t0, t2 - t1)
+            for result, audio_s, cap in zip(results, durations, caps, strict=True)
+        ]
+
+    def _transcript(
+        self, result: Any, audio_s: float, max_length: int, frames: int, enc: float, dec: float
+    ) -> Transcript:
+        # In a batch the longest utterance sets the cap: hold each to its own.
+        ids = [int(i) for i in result.sequences_ids[0]][: max_length - len(self._prompt)]
         raw = str(self._tok.decode([i for i in ids if i < self.eot])).strip()
         no_speech = float(result.no_speech_prob)
         # With length_penalty=1, the score is cum_logprob / n_tokens.
-        cum = float(result.scores[0]) * max(len(ids), 1)
-        avg_logprob = cum / (len(ids) + 1)
+        cum = float(result.scores[0]) * max(len(result.sequences_ids[0]), 1)
+        avg_logprob = cum / (len(result.sequences_ids[0]) + 1)
         # As Whisper itself decides "no speech": likely silence AND an unsure transcript.
         # P(no speech) alone rejected real words now and then (measured up to 0.6 on them).
         rejected = not any(ch.isalnum() for ch in raw) or (
@@ -275,9 +308,9 @@ class WhisperFinal:
             n_tokens=len(ids),
             hit_max_length=len(self._prompt) + len(ids) >= max_length,
             audio_s=audio_s,
-            frames=int(feats.shape[2]),
-            encode_s=t1 - t0,
-            decode_s=t2 - t1,
+            frames=frames,
+            encode_s=enc,
+            decode_s=dec,
         )
 
     def transcribe(self, pcm16: Pcm16) -> str:

@@ -10,8 +10,9 @@
 - Deaf to SIGINT: a Ctrl-C in a terminal reaches the whole process group, and the server,
   which drains its calls first, ends its workers itself.
 - Gone with the server: a worker whose server was killed (SIGKILL, OOM) must not live on
-  holding a model in memory. Pipe workers see their stdin close; pool workers (whisper's
-  ProcessPoolExecutor) ask the kernel for SIGKILL when their parent dies (Linux).
+  holding a model in memory. Pipe workers see their stdin close, but only when they next
+  read it: a worker busy in a long computation (a whisper batch) also asks the kernel for
+  SIGKILL when its parent dies (`parent_pid`, Linux).
 """
 
 from __future__ import annotations
