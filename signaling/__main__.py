@@ -34,6 +34,7 @@ from agent.media.opus import OpusSendConfig
 from agent.media.rtp_jitter import JitterConfig
 from agent.metrics import DEFAULT_BUDGETS_MS, STAGES
 from signaling.config import IceServer, ServerConfig
+from signaling.headroom import HeadroomConfig
 
 T = TypeVar("T")
 log = logging.getLogger("signaling")
@@ -83,6 +84,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     tc = TurnConfig()
     tp = TtsPoolConfig()
     bc = BreakerConfig()
+    hr = HeadroomConfig()
 
     def arg(flag: str, default: object, cast: Callable[[str], object], help: str) -> None:
         name = flag.removeprefix("--").replace("-", "_").upper()
@@ -117,6 +119,37 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     arg("--offers-per-minute", d.offers_per_minute, float, "offers per client IP (429 past it)")
     arg("--offer-burst", d.offer_burst, int, "offers a client IP may send at once")
+    arg(
+        "--no-admission-headroom",
+        False,
+        _bool,
+        "admit new calls up to --max-sessions only, not by measured headroom",
+    )
+    arg(
+        "--headroom-loop-lag-ms",
+        hr.loop_lag_p99_s * 1000,
+        float,
+        "no new calls (503) while event-loop lag p99 over the last 10 s is above this",
+    )
+    arg(
+        "--headroom-tts-wait-ms",
+        hr.tts_wait_p90_s * 1000,
+        float,
+        "no new calls (503) while a reply's first TTS audio waits p90 longer than this",
+    )
+    arg(
+        "--headroom-whisper-wait-ms",
+        hr.whisper_wait_p90_s * 1000,
+        float,
+        "no new calls (503) while the accurate pass waits p90 longer than this for whisper",
+    )
+    arg(
+        "--headroom-cpu-pct",
+        hr.cpu_busy_max * 100,
+        float,
+        "no new calls (503) while the server's processes, with one more call, would keep more "
+        "than this % of its cores busy",
+    )
     arg("--trust-forwarded", False, _bool, "client IP from X-Forwarded-For (behind a proxy)")
     arg(
         "--auth-tokens",
@@ -382,6 +415,13 @@ def server_config(a: argparse.Namespace) -> ServerConfig:
         session_id_prefix=a.session_id_prefix,
         workers=a.workers,
         agent_check_port=a.agent_check_port,
+        headroom=HeadroomConfig(
+            enabled=not a.no_admission_headroom,
+            loop_lag_p99_s=a.headroom_loop_lag_ms / 1000,
+            tts_wait_p90_s=a.headroom_tts_wait_ms / 1000,
+            whisper_wait_p90_s=a.headroom_whisper_wait_ms / 1000,
+            cpu_busy_max=a.headroom_cpu_pct / 100,
+        ),
         agent=agent,
     )
 
