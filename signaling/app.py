@@ -60,16 +60,20 @@ def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Applicat
                 stats.record_loop_lag(worst_s, samples)
                 headroom.observe_loop_lag(the_clock.now(), samples)
 
+            refusing = False  # as last logged: offers change the state too
+
             def cpu_busy(now: float, busy: float) -> None:
+                nonlocal refusing
                 headroom.observe_cpu(now, busy)
-                was = headroom.refusing
                 decision = headroom.decide(now, len(registry.calls))  # the gauges, the log
-                if headroom.refusing != was:
+                if headroom.refusing != refusing:
+                    refusing = headroom.refusing
                     log.info(
-                        "admission: %s (%d calls; %s)",
-                        "no headroom, refusing new calls" if was is False else "headroom back",
+                        "admission: %s (%d calls; %s; %s)",
+                        "no headroom, new calls refused" if refusing else "headroom back",
                         len(registry.calls),
-                        decision.reason or "every signal under its limit",
+                        headroom.reason if refusing else "every signal under its limit",
+                        decision.summary(),
                     )
 
             loop = asyncio.get_running_loop()

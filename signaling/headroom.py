@@ -46,6 +46,12 @@ class Signal(StrEnum):
 
 # What each signal summarizes its window with, and the samples it needs to count at all.
 _QUANTILE = {Signal.LOOP_LAG: 99.0, Signal.TTS_WAIT: 90.0, Signal.WHISPER_WAIT: 90.0}
+_SHORT = {
+    Signal.LOOP_LAG: "loop lag p99",
+    Signal.TTS_WAIT: "TTS wait p90",
+    Signal.WHISPER_WAIT: "whisper wait p90",
+    Signal.CPU: "CPU with one more call",
+}
 _MIN_SAMPLES = {Signal.LOOP_LAG: 20, Signal.TTS_WAIT: 5, Signal.WHISPER_WAIT: 5, Signal.CPU: 3}
 
 
@@ -95,6 +101,19 @@ class Decision:
     def pressure(self, signal: Signal, config: HeadroomConfig) -> float:
         value = self.values.get(signal)
         return 0.0 if value is None else value / config.limit(signal)
+
+    def summary(self) -> str:
+        """The inputs for a log line, e.g. "loop lag p99 12 ms, TTS wait p90 -, ..."."""
+        parts = []
+        for signal, name in _SHORT.items():
+            value = self.values.get(signal)
+            if value is None:
+                parts.append(f"{name} -")
+            elif signal is Signal.CPU:
+                parts.append(f"{name} {100 * value:.0f} %")
+            else:
+                parts.append(f"{name} {1000 * value:.0f} ms")
+        return ", ".join(parts)
 
 
 class Headroom:

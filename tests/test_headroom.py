@@ -56,6 +56,16 @@ def test_signals_over_and_under_their_limits(
     assert (decision.retry_after_s >= CONFIG.retry_min_s) is not admit
 
 
+def test_the_inputs_read_as_one_log_line() -> None:
+    h = Headroom(CONFIG, started_at=T0)
+    now = steady(h, WARM, 10, lag_s=0.012, cpu=0.3)
+    h.observe_wait(now, "tts", 0.1)  # tts and whisper: the 0.05 s of steady() and this
+    assert h.decide(now, 2).summary() == (
+        "loop lag p99 12 ms, TTS wait p90 50 ms, whisper wait p90 50 ms, "
+        "CPU with one more call 45 %"
+    )
+
+
 def test_a_fresh_server_admits_and_start_up_noise_is_not_kept() -> None:
     h = Headroom(CONFIG, started_at=T0)
     assert h.decide(T0, 3).admit, "no signals at all"
