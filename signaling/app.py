@@ -13,11 +13,14 @@ from agent.call.engines import Engines
 from agent.call.loop_lag import LoopLagMonitor
 from agent.call.stats import ServerStats
 from agent.clock import Clock, MonotonicClock
+from agent.engines.pocketsphinx_asr import default_processes
 from agent.media import patches
 from signaling import guard, observe
 from signaling.agent_check import serve_agent_check
 from signaling.config import ServerConfig
+from signaling.cpu_busy import CpuMonitor
 from signaling.guard import SESSION_HEADER, json_error
+from signaling.headroom import Headroom
 from signaling.offer import handle_offer, handle_whip
 from signaling.peers import CallRegistry
 
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", ServerConfig)
 REGISTRY = web.AppKey("registry", CallRegistry)
+HEADROOM = web.AppKey("headroom", Headroom)
 
 
 def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Application:
@@ -49,8 +53,37 @@ def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Applicat
                        config.max_sessions)  # fmt: skip
             stats.bind_engines(lambda: engines.llm.breakers, lambda: engines.tts.restarts)
             app[REGISTRY] = registry
-            lag = asyncio.get_running_loop().create_task(
-                LoopLagMonitor(the_clock, stats.record_loop_lag).run(), name="loop-lag"
+            headroom = Headroom(config.headroom, started_at=the_clock.now())
+            app[HEADROOM] = headroom
+            stats.registry.register(observe.HeadroomCollector(headroom))
+            stats.watch_queue_waits(
+                lambda engine, wait_s: headroom.observe_wait(the_clock.now(), engine, wait_s)
+            )
+
+            def loop_lag(worst_s: float, samples: list[float]) -> None:
+                stats.record_loop_lag(worst_s, samples)
+                headroom.observe_loop_lag(the_clock.now(), samples)
+
+            refusing = False  # as last logged: offers change the state too
+
+            def cpu_busy(now: float, busy: float) -> None:
+                nonlocal refusing
+                headroom.observe_cpu(now, busy)
+                decision = headroom.decide(now, len(registry.calls))  # the gauges, the log
+                if headroom.refusing != refusing:
+                    refusing = headroom.refusing
+                    log.info(
+                        "admission: %s (%d calls; %s; %s)",
+                        "no headroom, new calls refused" if refusing else "headroom back",
+                        len(registry.calls),
+                        headroom.reason if refusing else "every signal under its limit",
+                        decision.summary(),
+                    )
+
+            loop = asyncio.get_running_loop()
+            lag = loop.create_task(LoopLagMonitor(the_clock, loop_lag).run(), name="loop-lag")
+            cpu = loop.create_task(
+                CpuMonitor(the_clock, cpu_busy, default_processes()).run(), name="cpu-busy"
             )
             agent = None
             if config.agent_check_port:
@@ -63,7 +96,8 @@ def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Applicat
                 if agent is not None:
                     agent.close()
                 lag.cancel()
-                await asyncio.gather(lag, return_exceptions=True)
+                cpu.cancel()
+                await asyncio.gather(lag, cpu, return_exceptions=True)
                 await registry.close_all()
         finally:
             await engines.aclose()
@@ -84,10 +118,10 @@ def create_app(config: ServerConfig, clock: Clock | None = None) -> web.Applicat
     app.on_shutdown.append(announce_shutdown)
 
     async def offer(request: web.Request) -> web.Response:
-        return await handle_offer(request, request.app[REGISTRY])
+        return await handle_offer(request, request.app[REGISTRY], request.app[HEADROOM])
 
     async def whip(request: web.Request) -> web.Response:
-        return await handle_whip(request, request.app[REGISTRY])
+        return await handle_whip(request, request.app[REGISTRY], request.app[HEADROOM])
 
     async def hang_up(request: web.Request) -> web.Response:
         """DELETE /session/{id} with X-Session-Secret, or the WHIP resource URL."""

@@ -6,8 +6,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.call.config import AgentConfig
+from signaling.headroom import HeadroomConfig
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+# Concurrent calls one core sustains within the latency budget. It must come from
+# bench/capacity.py (README "Capacity": 10 calls on 2 vCPUs with every limit held, 8 with margin);
+# the default max_sessions (8) is this times the 2 cores it was measured on. Measured headroom
+# (signaling/headroom.py) refuses sooner when the machine has less to give.
+CALLS_PER_CORE = 4
 
 
 @dataclass(frozen=True)
@@ -21,7 +28,7 @@ class IceServer:
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 8080
-    max_sessions: int = 8
+    max_sessions: int = 8  # CALLS_PER_CORE × 2 cores, the machine it was measured on
     max_call_s: float = 1800.0
     connect_timeout_s: float = 10.0  # answer sent → connected, else the offer is dropped
     media_timeout_s: float = 6.0  # a connected call that receives no RTP this long is ended
@@ -42,6 +49,7 @@ class ServerConfig:
     ice_servers: tuple[IceServer, ...] = ()
     ice_host_addresses: tuple[str, ...] = ()  # pin host candidates (e.g. 127.0.0.1)
     static_dir: Path = STATIC_DIR
+    headroom: HeadroomConfig = field(default_factory=HeadroomConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
 
     def __post_init__(self) -> None:

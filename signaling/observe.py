@@ -1,13 +1,17 @@
-"""Observability routes: `GET /metrics` (Prometheus text), `GET /sessions`, `/sessions/{id}`."""
+"""Observability routes: `GET /metrics` (Prometheus text), `GET /sessions`, `/sessions/{id}`;
+and the admission headroom's inputs and state as metrics (`HeadroomCollector`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from signaling.guard import json_error
+from signaling.headroom import Headroom, Signal
 from signaling.peers import Call, CallRegistry
 
 RegistryOf = Callable[[web.Request], CallRegistry]
@@ -24,6 +28,35 @@ def session_info(call: Call) -> dict[str, object]:
         "retracted": session.turns.retracted,
         "link": session.link.as_event() if session.link is not None else None,
     }
+
+
+class HeadroomCollector(Collector):
+    """The last headroom decision (refreshed about once a second), read at scrape time."""
+
+    def __init__(self, headroom: Headroom) -> None:
+        self._headroom = headroom
+
+    def collect(self) -> Iterable[Metric]:
+        h = self._headroom
+        decision, config = h.last, h.config
+        admitting = Metric(
+            "ringback_admission_headroom_admitting",
+            "1 while new calls are admitted by measured headroom, 0 while refused (503).",
+            "gauge",
+        )
+        admitting.add_sample(admitting.name, {}, 0.0 if h.refusing else 1.0)
+        value = Metric(
+            "ringback_admission_headroom_signal",
+            "Headroom inputs over the recent window (NaN: too few samples yet); cpu is "
+            "projected for one more call, as a fraction of the cores.",
+            "gauge",
+        )
+        limit = Metric("ringback_admission_headroom_limit", "Each headroom input's limit.", "gauge")
+        for signal in Signal:
+            v = decision.values.get(signal)
+            value.add_sample(value.name, {"signal": signal}, float("nan") if v is None else v)
+            limit.add_sample(limit.name, {"signal": signal}, config.limit(signal))
+        return [admitting, value, limit]
 
 
 def routes(registry_of: RegistryOf) -> list[web.RouteDef]:

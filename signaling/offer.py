@@ -8,7 +8,10 @@
 Errors are JSON {"error": "..."}: 400 malformed JSON / body / missing fields / unparsable
 SDP, 408 body not received within 5 s, 413 body over the limit, 415 wrong content type,
 422 no audio m-line or no common audio codec, 429 + Retry-After for a client over its offer
-rate or its calls still connecting, 503 + Retry-After at capacity or while shutting down.
+rate or its calls still connecting, 503 + Retry-After at capacity or while shutting down, and
+503 + Retry-After + {"retry_after_ms"} when the measured headroom has no room for one more call
+(signaling/headroom.py) — decided before any peer connection exists; the resume of a call is
+never refused for headroom (it was admitted).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +31,7 @@ from aiortc.sdp import SessionDescription
 from agent.call import logctx
 from signaling.admission import Refused
 from signaling.guard import BODY_TIMEOUT_S, json_error
+from signaling.headroom import Decision, Headroom
 from signaling.peers import (
     Call,
     CallRegistry,
@@ -163,7 +168,35 @@ def parse_resume(body: dict[str, Any]) -> Resume | None:
     return Resume(session_id, secret)
 
 
-async def handle_offer(request: web.Request, registry: CallRegistry) -> web.Response:
+class NoHeadroom(Exception):
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.reason)
+        self.decision = decision
+
+
+def check_headroom(headroom: Headroom, registry: CallRegistry, resume: Resume | None) -> None:
+    """Raise NoHeadroom if one more call would push the admitted ones over their budget."""
+    # A resume that names a live or parked call continues an admitted call: no new load.
+    if resume is not None and registry._resumable(resume) is not None:
+        return
+    now = registry.clock.now()
+    decision = headroom.decide(now, len(registry.calls))
+    if decision.admit:
+        return
+    headroom.refuse()
+    if unlogged := headroom.refusals_to_log(now):
+        log.info(
+            "offers refused (503, no headroom): %d since the last line; %s; retry after %.1f s",
+            unlogged,
+            decision.reason,
+            decision.retry_after_s,
+        )
+    raise NoHeadroom(decision)
+
+
+async def handle_offer(
+    request: web.Request, registry: CallRegistry, headroom: Headroom | None = None
+) -> web.Response:
     def respond(answer: RTCSessionDescription, call: Call) -> web.Response:
         return web.json_response(
             {
@@ -175,10 +208,12 @@ async def handle_offer(request: web.Request, registry: CallRegistry) -> web.Resp
             }
         )
 
-    return await _negotiate(request, registry, parse_offer, respond)
+    return await _negotiate(request, registry, parse_offer, respond, headroom)
 
 
-async def handle_whip(request: web.Request, registry: CallRegistry) -> web.Response:
+async def handle_whip(
+    request: web.Request, registry: CallRegistry, headroom: Headroom | None = None
+) -> web.Response:
     def respond(answer: RTCSessionDescription, call: Call) -> web.Response:
         return web.Response(
             status=201,
@@ -191,7 +226,7 @@ async def handle_whip(request: web.Request, registry: CallRegistry) -> web.Respo
     async def parse(request: web.Request) -> tuple[RTCSessionDescription, Resume | None]:
         return await parse_whip_offer(request), None
 
-    return await _negotiate(request, registry, parse, respond)
+    return await _negotiate(request, registry, parse, respond, headroom)
 
 
 def whip_resource(call: Call) -> str:
@@ -203,24 +238,42 @@ async def _negotiate(
     registry: CallRegistry,
     parse: Callable[[web.Request], Awaitable[tuple[RTCSessionDescription, Resume | None]]],
     respond: Callable[[RTCSessionDescription, Call], web.Response],
+    headroom: Headroom | None = None,
 ) -> web.Response:
     retry_after = str(registry.config.retry_after_s)
     client = client_address(request, registry.config.trust_forwarded)
+    refused = registry.stats.admission_refused
     try:
         offer, resume = await parse(request)
         registry.admit(client)
+        if headroom is not None:
+            check_headroom(headroom, registry, resume)
         answer, call = await registry.open(offer, client, resume)
     except OfferError as exc:
         log.info("offer rejected (%d): %s", exc.status, exc)
         return json_error(exc.status, str(exc))
     except Refused as exc:
+        refused.labels("rate").inc()
         log.info("offer refused (429) for %s: %s", client, exc)
         return json_error(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
     except ShuttingDown:
+        refused.labels("draining").inc()
         return json_error(
             503, "server shutting down: call again shortly", headers={"Retry-After": retry_after}
         )
+    except NoHeadroom as exc:
+        refused.labels("headroom").inc()
+        wait_s = exc.decision.retry_after_s
+        return web.json_response(
+            {
+                "error": "server busy: no room for another call right now",
+                "retry_after_ms": math.ceil(wait_s * 1000),
+            },
+            status=503,
+            headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+        )
     except CapacityError:
+        refused.labels("capacity").inc()
         log.warning("offer rejected: at capacity (%d sessions)", len(registry.calls))
         return json_error(503, "server busy: too many calls", headers={"Retry-After": retry_after})
     except OfferRejected as exc:

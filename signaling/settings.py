@@ -34,6 +34,7 @@ from agent.engines.openai_llm import DEFAULT_BASE_URL, DEFAULT_MODEL
 from agent.engines.pocketsphinx_asr import default_processes
 from agent.metrics import DEFAULT_BUDGETS_MS, STAGES
 from signaling.config import IceServer, ServerConfig
+from signaling.headroom import HeadroomConfig
 
 ENV_PREFIX = "RINGBACK_"
 REGENERATE = "python -m signaling.settings > docs/configuration.md"
@@ -247,6 +248,10 @@ def _none_if_empty(text: str) -> str | None:
     return text or None
 
 
+def _seconds(ms: float) -> float:
+    return ms / 1000
+
+
 @dataclass(frozen=True)
 class Derived:
     """A config field computed from several settings."""
@@ -397,6 +402,54 @@ SECTIONS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
                 "offer_burst",
                 "offers a client IP may send at once",
                 bound=at_least(1),
+            ),
+            S(
+                "--no-admission-headroom",
+                "headroom.enabled",
+                "admit new calls up to --max-sessions only, not by measured headroom",
+                kind=FLAG,
+                default=False,
+                to=lambda off: not off,
+                doc="admit new calls up to `--max-sessions` only; by default a new call is also "
+                "refused (503 + `Retry-After`) while the measured headroom below says one more "
+                "would push the admitted calls over their latency (signaling/headroom.py)",
+            ),
+            S(
+                "--headroom-loop-lag-ms",
+                "headroom.loop_lag_p99_s",
+                "no new calls (503) while event-loop lag p99 over the last 10 s is above this",
+                kind=FLOAT,
+                default=HeadroomConfig().loop_lag_p99_s * 1000,
+                to=_seconds,
+                bound=above(0),
+            ),
+            S(
+                "--headroom-tts-wait-ms",
+                "headroom.tts_wait_p90_s",
+                "no new calls (503) while a reply's first TTS audio waits p90 longer than this",
+                kind=FLOAT,
+                default=HeadroomConfig().tts_wait_p90_s * 1000,
+                to=_seconds,
+                bound=above(0),
+            ),
+            S(
+                "--headroom-whisper-wait-ms",
+                "headroom.whisper_wait_p90_s",
+                "no new calls (503) while the accurate pass waits p90 longer than this for whisper",
+                kind=FLOAT,
+                default=HeadroomConfig().whisper_wait_p90_s * 1000,
+                to=_seconds,
+                bound=above(0),
+            ),
+            S(
+                "--headroom-cpu-pct",
+                "headroom.cpu_busy_max",
+                "no new calls (503) while the server's processes, with one more call, would keep "
+                "more than this % of its cores busy",
+                kind=FLOAT,
+                default=HeadroomConfig().cpu_busy_max * 100,
+                to=lambda pct: pct / 100,
+                bound=above(0),
             ),
         ),
     ),

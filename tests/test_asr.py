@@ -8,12 +8,23 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
+from io import BytesIO
 from typing import Any
 
 import numpy as np
 import pytest
 
 from agent.audio import Decimator
+from agent.engines.asr_worker import (
+    HEADER,
+    HYP,
+    PROGRESS,
+    PROGRESS_EVERY_S,
+    PUSH,
+    TEXT,
+    Decoders,
+    serve,
+)
 from agent.engines.interfaces import EngineError
 from agent.engines.pocketsphinx_asr import (
     AsrPoolConfig,
@@ -169,3 +180,101 @@ async def test_a_worker_far_behind_skips_caption_audio_instead_of_dying() -> Non
             os.kill(process.proc.pid, signal.SIGCONT)
         assert await rec.finish() == ""  # it caught up and answered (silence: no words)
         await rec.aclose()
+
+
+@contextlib.asynccontextmanager
+async def starved(pid: int, stopped_s: float = 0.4, running_s: float = 0.1) -> AsyncIterator[None]:
+    """The worker gets a fifth of the time (SIGSTOP/SIGCONT cycles): far behind, never stuck."""
+
+    async def cycle() -> None:
+        try:
+            while True:
+                os.kill(pid, signal.SIGSTOP)
+                await asyncio.sleep(stopped_s)
+                os.kill(pid, signal.SIGCONT)
+                await asyncio.sleep(running_s)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    task = asyncio.create_task(cycle())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_worker_behind_answers_late_and_is_kept_a_stopped_one_is_replaced(
+    speech: dict[str, Any],
+) -> None:
+    hung_after_s = 1.0
+    async with running(hung_after_s=hung_after_s, answer_timeout_s=60.0) as engine:
+        rec = engine.create()
+        await rec.open()
+        await rec.start()
+        (process,) = engine._processes
+        sentence = Decimator(3).process(speech["What time is it?"])
+        loop = asyncio.get_running_loop()
+        async with starved(process.proc.pid):
+            while rec._process is process and process.stdin.transport.get_write_buffer_size() < (
+                160 * 1024
+            ):  # ~7 s of speech queued ahead of the question: answers come seconds late
+                for i in range(0, sentence.size, 320):
+                    await rec.push(sentence[i : i + 320])
+            asked_at = loop.time()
+            caption = ""
+            while not caption:  # asking all the while: each partial judges the worker
+                caption = await rec.partial()
+                assert process.alive, "a worker that is only behind was killed as hung"
+                await asyncio.sleep(0.05)
+            late_s = loop.time() - asked_at
+            final = await rec.finish()
+        assert late_s > 1.5 * hung_after_s, f"answered too soon to test anything: {late_s:.2f} s"
+        assert "time" in caption and "what time is it" in final, (caption, final)
+        assert rec.skipped_frames == 0
+        assert engine.restarts == 0 and engine._processes == [process]
+
+        # Stuck for good in the middle of its audio: replaced after hung_after_s, not before.
+        await rec.start()
+        for i in range(0, sentence.size, 320):
+            await rec.push(sentence[i : i + 320])
+        os.kill(process.proc.pid, signal.SIGSTOP)
+        stopped_at = loop.time()
+        while process.alive:
+            assert await rec.partial() == ""
+            await asyncio.sleep(0.05)
+        assert loop.time() - stopped_at >= hung_after_s
+        await process.proc.wait()
+        with pytest.raises(EngineError):
+            await rec.finish()
+        await rec.aclose()
+        await replaced(engine, process)
+        assert engine.restarts == 1
+        _, final = await recognize(engine, speech["What is your name?"])
+        assert wer("what is your name", final) == 0.0, final
+
+
+def test_the_worker_beats_progress_while_it_serves_and_is_quiet_otherwise() -> None:
+    """The protocol on a fake clock: beats while requests are served, about every
+    PROGRESS_EVERY_S, each counting the requests served so far."""
+    t = [0.0]
+
+    def now() -> float:
+        t[0] += PROGRESS_EVERY_S / 4  # every request (and every beat check) takes a while
+        return t[0]
+
+    frame = np.zeros(320, np.int16).tobytes()
+    requests = b"".join(HEADER.pack(PUSH, 1, len(frame)) + frame for _ in range(40))
+    requests += HEADER.pack(HYP, 1, 0)
+    out = BytesIO()
+    serve(Decoders(0), BytesIO(requests), out, now)
+    raw, kinds = out.getvalue(), []
+    while raw:
+        kind, _, size = HEADER.unpack(raw[: HEADER.size])
+        kinds.append((kind, raw[HEADER.size : HEADER.size + size].decode()))
+        raw = raw[HEADER.size + size :]
+    beats = [int(text) for kind, text in kinds if kind == PROGRESS]
+    assert kinds[-1] == (TEXT, ""), "the question is answered after the beats"
+    assert 8 <= len(beats) <= 21, beats  # 40 requests over ~20 beat periods
+    assert beats == sorted(beats) and beats[-1] <= 40, "each beat counts requests served"

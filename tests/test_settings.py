@@ -24,7 +24,9 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 FLAGS = """
 --host --port --max-sessions --max-call-s --connect-timeout-s --max-body-bytes --ice-servers
 --ice-username --ice-credential --ice-host --media-timeout-s --max-pending
---max-pending-per-client --offers-per-minute --offer-burst --trust-forwarded --auth-tokens
+--max-pending-per-client --offers-per-minute --offer-burst --no-admission-headroom
+--headroom-loop-lag-ms --headroom-tts-wait-ms --headroom-whisper-wait-ms --headroom-cpu-pct
+--trust-forwarded --auth-tokens
 --cors-origins --resume-grace-s --shutdown-deadline-s --log-transcripts --llm --tts --tts-voice
 --tts-workers --tts-first-chunk-timeout-s --tts-chunk-timeout-s --llm-first-token-timeout-s
 --llm-token-timeout-s --llm-filler-after-s --llm-fallback-url --llm-fallback-model
@@ -56,7 +58,7 @@ def test_the_reference_is_generated_from_the_declarations() -> None:
 
 def test_every_flag_keeps_its_name_and_its_variable() -> None:
     assert sorted(s.flag for s in SETTINGS) == sorted(FLAGS)
-    assert len(FLAGS) == 62
+    assert len(FLAGS) == 67
     for s in SETTINGS:
         assert s.env == "RINGBACK_" + s.flag.removeprefix("--").replace("-", "_").upper()
     actions = argparse.ArgumentParser()

@@ -73,6 +73,7 @@ class ServerStats:
         self._capacity = 1
         self._breakers: Callable[[], Mapping[str, Breaker]] = dict
         self._tts_restarts: Callable[[], Mapping[str, int]] = dict
+        self._on_queue_wait: Callable[[str, float], None] = lambda engine, wait_s: None
         self.turns = Counter(
             "ringback_turns",
             "Agent replies, by whether the user barged in.",
@@ -130,6 +131,15 @@ class ServerStats:
             buckets=SHORT_BUCKETS,
             registry=r,
         )
+        self.admission_refused = Counter(
+            "ringback_admission_refused",
+            "Offers refused before any work, by reason: rate (429), capacity, headroom "
+            "(no room for one more call in the measured latency budget), draining (503).",
+            ["reason"],
+            registry=r,
+        )
+        for k in ("rate", "capacity", "headroom", "draining"):
+            self.admission_refused.labels(k)
         self.loop_lag = Gauge(
             "ringback_event_loop_lag_seconds",
             "How late the event loop woke a timer, worst over the last second.",
@@ -168,6 +178,10 @@ class ServerStats:
     ) -> None:
         """Where the engines' health comes from: LLM breakers by role, TTS worker restarts."""
         self._breakers, self._tts_restarts = breakers, tts_restarts
+
+    def watch_queue_waits(self, observe: Callable[[str, float], None]) -> None:
+        """Also hand every engine queue wait (engine, seconds) to `observe` (admission)."""
+        self._on_queue_wait = observe
 
     @property
     def active(self) -> int:
@@ -215,9 +229,11 @@ class ServerStats:
         if isinstance(wait, float):
             # The pass the turn adopted: the one it waited for at its end (TURN_FINAL).
             self.queue_wait.labels("whisper", "turn_final").observe(max(0.0, wait) / 1000)
+            self._on_queue_wait("whisper", max(0.0, wait) / 1000)
         asked, first = metrics.get("tts_started_ms"), metrics.get("tts_first_chunk_ms")
         if isinstance(asked, float) and isinstance(first, float):  # the reply's first sentence
             self.queue_wait.labels("tts", "first_audio").observe(max(0.0, first - asked) / 1000)
+            self._on_queue_wait("tts", max(0.0, first - asked) / 1000)
 
     def record_link_report(self, link: Mapping[str, object]) -> None:
         """A periodic `link` report of a call in progress."""

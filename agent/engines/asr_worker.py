@@ -19,8 +19,12 @@ payload length (4 bytes, big-endian) — then the payload. Requests are served i
   stdout  R ready (stream 0, once, after preloading)
           T the text asked for by H or F, UTF-8
           X the error that H or F (or an earlier S or P of that stream) met, UTF-8
+          B progress (stream 0, payload: requests served so far, ASCII): at most every
+            PROGRESS_EVERY_S while it serves requests, none while it waits for one
 Only H and F are answered, exactly once each, in order, so the server matches answers to
-questions by position.
+questions by position; B is no answer. Under load the answers to H queue behind seconds of
+audio, but B keeps coming as long as the worker gets through its input: the server tells a
+worker that is behind (B, late answers) from one that is stuck (nothing at all).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import ctypes.util
 import functools
 import struct
 import sys
+import time
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from agent.engines.worker_setup import CAPTIONS, become_engine_worker
@@ -37,7 +43,11 @@ from agent.engines.worker_setup import CAPTIONS, become_engine_worker
 HEADER = struct.Struct(">BII")
 
 START, PUSH, HYP, FINISH, CANCEL = (ord(c) for c in "SPHFC")
-READY, TEXT, ERROR = (ord(c) for c in "RTX")
+READY, TEXT, ERROR, PROGRESS = (ord(c) for c in "RTXB")
+
+# Well under any sane hung_after_s (the pool's default is 10 s): a worker with CPU time at all
+# says so several times within it. Costs a 9-byte write per PROGRESS_EVERY_S at most.
+PROGRESS_EVERY_S = 0.25
 
 
 # Cheaper search than pocketsphinx's defaults, as accurate here: every other frame's GMM
@@ -161,13 +171,26 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
     return data if len(data) == n else None
 
 
-def serve(decoders: Decoders, stdin: BinaryIO, stdout: BinaryIO) -> None:
+def serve(
+    decoders: Decoders,
+    stdin: BinaryIO,
+    stdout: BinaryIO,
+    now: Callable[[], float] = time.monotonic,
+) -> None:
+    wrote_at, served, served_at_write = now(), 0, 0
+
     def answer(kind: int, stream: int, text: str) -> None:
+        nonlocal wrote_at, served_at_write
         payload = text.encode()
         stdout.write(HEADER.pack(kind, stream, len(payload)) + payload)
         stdout.flush()
+        wrote_at, served_at_write = now(), served
 
     while True:
+        # Before (perhaps) blocking on the next read: any request served since the last write
+        # is progress worth telling, if nothing was written for a while (an answer tells too).
+        if served > served_at_write and now() - wrote_at >= PROGRESS_EVERY_S:
+            answer(PROGRESS, 0, str(served))
         head = _read_exactly(stdin, HEADER.size)
         if head is None:
             return  # the server closed the pipe: exit
@@ -175,6 +198,7 @@ def serve(decoders: Decoders, stdin: BinaryIO, stdout: BinaryIO) -> None:
         payload = _read_exactly(stdin, size) if size else b""
         if payload is None:
             return
+        served += 1
         if kind == PUSH:
             decoders.push(stream, payload)
         elif kind == START:

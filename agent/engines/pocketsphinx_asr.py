@@ -13,9 +13,12 @@ that ends the turn). Only `finish` waits, for one short answer.
 
 Under load a worker falls behind (it runs at a low CPU priority): captions come late, and past
 `MAX_BACKLOG_BYTES` of audio waiting in its pipe a call's audio is skipped rather than queued
-(its captions miss words; the words the agent answers come from whisper). A worker that dies,
-or owes answers and gives none for `hung_after_s` (slow is not hung: any answer counts as
-progress), is killed and replaced (logged at WARNING, counted in `restarts`). The utterances
+(its captions miss words; the words the agent answers come from whisper). Behind is not hung:
+besides its answers, which queue behind the audio, a worker sends a progress beat while it
+gets through its input (asr_worker.PROGRESS), and the pool reads those as they come. A worker
+that dies, or owes answers and shows no progress at all (no answer, no beat) for
+`hung_after_s` — stopped, deadlocked — is killed and replaced (logged at WARNING, counted in
+`restarts`). The utterances
 it was decoding lose their captions — `partial` returns "" — and their `finish` fails with a
 retryable EngineError, which the listener answers with the accurate pass's text or an empty
 final. Each call moves to a live worker at its next
@@ -40,7 +43,18 @@ from typing import Any
 
 from agent.audio import ASR_RATE_HZ, Pcm16
 from agent.clock import Clock, MonotonicClock
-from agent.engines.asr_worker import CANCEL, ERROR, FINISH, HEADER, HYP, PUSH, READY, START, TEXT
+from agent.engines.asr_worker import (
+    CANCEL,
+    ERROR,
+    FINISH,
+    HEADER,
+    HYP,
+    PROGRESS,
+    PUSH,
+    READY,
+    START,
+    TEXT,
+)
 from agent.engines.interfaces import EngineError
 from agent.engines.worker_setup import CAPTIONS
 
@@ -69,7 +83,7 @@ class AsrPoolConfig:
     niceness: int = CAPTIONS  # CRITICAL_PATH when its finals are the transcript
     start_timeout_s: float = 60.0
     answer_timeout_s: float = 2.0  # `finish` gives up (the turn's fallback text is "")
-    hung_after_s: float = 10.0  # owing answers and giving none this long: killed, replaced
+    hung_after_s: float = 10.0  # owing answers, no progress at all this long: killed, replaced
 
     def __post_init__(self) -> None:
         if self.processes < 1 or self.preload < 0:
@@ -89,12 +103,13 @@ class _Process:
         self.calls = 0  # recognizers bound to this process
         self.alive = True
         self._now = now
-        self.answered_at = now()  # its last answer (or its start): busy is not hung
+        self.progressed_at = now()  # its last answer or progress beat (or its start)
         self._answers: collections.deque[asyncio.Future[str]] = collections.deque()
 
-    def silent_for(self) -> float:
-        """How long it has owed an answer without giving any (0 when it owes none)."""
-        return self._now() - self.answered_at if self._answers else 0.0
+    def stalled_for(self) -> float:
+        """How long it has owed answers without any sign of progress (0 when it owes none):
+        a worker behind on its audio answers late but keeps sending progress beats."""
+        return self._now() - self.progressed_at if self._answers else 0.0
 
     def send(self, kind: int, stream: int, payload: bytes = b"") -> None:
         """Queue a request; a dead process takes nothing (its calls already degraded)."""
@@ -108,7 +123,7 @@ class _Process:
             answer.set_exception(EngineError("the ASR worker is gone", retryable=True))
             return answer
         if not self._answers:
-            self.answered_at = self._now()  # owes nothing until now
+            self.progressed_at = self._now()  # owes nothing until now
         self._answers.append(answer)
         self.send(kind, stream)
         return answer
@@ -120,7 +135,9 @@ class _Process:
                 head = await self.stdout.readexactly(HEADER.size)
                 kind, _stream, size = HEADER.unpack(head)
                 text = (await self.stdout.readexactly(size)).decode(errors="replace")
-                self.answered_at = self._now()
+                self.progressed_at = self._now()
+                if kind == PROGRESS:
+                    continue
                 if not self._answers:
                     raise EngineError(f"the ASR worker answered {kind!r} unasked")
                 answer = self._answers.popleft()
@@ -304,11 +321,12 @@ class PocketsphinxRecognizer:
             raise EngineError("pocketsphinx did not answer in time", retryable=True) from None
 
     def _check_hung(self) -> None:
-        """A worker that owes answers and has given none for hung_after_s is hung; one that
-        is only slow (busy with other calls' audio) is left alone."""
+        """A worker that owes answers and has shown no progress for hung_after_s is hung; one
+        that is only behind (busy with other calls' audio: late answers, progress beats) is
+        left alone."""
         process = self._process
-        if process is not None and process.silent_for() > self._engine.config.hung_after_s:
-            self._engine.hung(process, "gave no answer in time")
+        if process is not None and process.stalled_for() > self._engine.config.hung_after_s:
+            self._engine.hung(process, "made no progress in time")
 
     async def start(self) -> None:
         self._rebind()
