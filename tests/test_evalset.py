@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from agent.audio import OUT_FRAME_SAMPLES, OUT_RATE_HZ, Pcm16
@@ -41,7 +42,7 @@ def built() -> Built:
     return asyncio.run(make())
 
 
-def rms_dbfs(pcm: Pcm16) -> float:
+def rms_dbfs(pcm: Pcm16 | npt.NDArray[np.float64]) -> float:
     power = float(np.mean(pcm.astype(np.float64) ** 2))
     return 10 * float(np.log10(max(power, 1e-12) / 32768.0**2))
 
