@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -87,7 +88,8 @@ def test_units(text: str, expected: list[str]) -> None:
 
 @pytest.mark.parametrize(("text", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("split", [by_word, by_char], ids=["by_word", "by_char"])
-def test_streaming_gives_the_same_units(text: str, expected: list[str], split) -> None:
+def test_streaming_gives_the_same_units(text: str, expected: list[str], split: Callable[[str], list[str]]
+) -> None:
     assert streamed(split(text)) == expected
 
 

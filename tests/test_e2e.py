@@ -44,7 +44,8 @@ async def test_spoken_conversation(server: Server, speech: dict[str, Any]) -> No
                     "time_to_first_audio_ms", "total_ms"):
             assert isinstance(m.get(key), float), (key, m)
         assert m["time_to_first_audio_ms"] <= m["total_ms"]
-    assert results[0].reply.startswith("It's")
+    first_reply = results[0].reply
+    assert first_reply is not None and first_reply.startswith("It's"), results[0]
     kinds = [e.data["type"] for e in caller.events]
     for kind in ("hello", "state", "partial", "final", "reply", "turn"):
         assert kind in kinds

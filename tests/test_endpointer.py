@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
+import numpy.typing as npt
 import pytest
 
+from agent.audio import Pcm16
 from agent.conversation.endpointer import (
     Endpointer,
     EndpointerConfig,
@@ -101,6 +105,7 @@ def test_event_times_and_speech_bounds() -> None:
     assert pause.speech_end == pytest.approx(t_of(12))
     assert end.speech_end == pytest.approx(t_of(12))
     # END_OF_TURN fires when exactly eou_silence_ms of silence has been captured.
+    assert end.speech_end is not None and pause.speech_end is not None
     assert end.t + 0.020 - end.speech_end == pytest.approx(0.400)
     assert pause.t + 0.020 - pause.speech_end == pytest.approx(0.160)
 
@@ -247,12 +252,13 @@ def test_reset_after_pause_forgets_it() -> None:
 # --- VoiceDetector (webrtcvad) -------------------------------------------------------------
 
 
-def voiced_like(n: int, rate: int = 16_000) -> np.ndarray:
+def voiced_like(n: int, rate: int = 16_000) -> Pcm16:
     """Loud 200 Hz fundamental + harmonics with a syllable-rate envelope."""
     t = np.arange(n) / rate
-    sig = sum(np.sin(2 * np.pi * 200 * k * t) / k for k in range(1, 15))
+    sig = cast(npt.NDArray[np.float64], sum(np.sin(2 * np.pi * 200 * k * t) / k for k in range(1, 15)))
     sig = sig * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))
-    return (sig / np.abs(sig).max() * 20000).astype(np.int16)
+    pcm: Pcm16 = (sig / np.abs(sig).max() * 20000).astype(np.int16)
+    return pcm
 
 
 @pytest.mark.parametrize("aggressiveness", [0, 1, 2, 3])

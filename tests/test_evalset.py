@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from agent.audio import OUT_FRAME_SAMPLES, OUT_RATE_HZ, Pcm16
@@ -41,20 +42,23 @@ def built() -> Built:
     return asyncio.run(make())
 
 
-def rms_dbfs(pcm: Pcm16) -> float:
+def rms_dbfs(pcm: Pcm16 | npt.NDArray[np.float64]) -> float:
     power = float(np.mean(pcm.astype(np.float64) ** 2))
     return 10 * float(np.log10(max(power, 1e-12) / 32768.0**2))
 
 
+@pytest.mark.slow  # the `built` set: ~15 s of piper synthesis, once per session
 def test_same_seed_same_audio(built: Built) -> None:
     assert [i.digest() for i in built.seed1] == [i.digest() for i in built.seed1_again]
     assert built.seed1 == built.seed1_again  # labels, texts, offsets, speeds, pitches
 
 
+@pytest.mark.slow  # the `built` set: ~15 s of piper synthesis, once per session
 def test_different_seed_different_set(built: Built) -> None:
     assert {i.digest() for i in built.seed1}.isdisjoint(i.digest() for i in built.seed2)
 
 
+@pytest.mark.slow  # the `built` set: ~15 s of piper synthesis, once per session
 def test_quick_is_small_and_covers_the_plan(built: Built) -> None:
     items = built.seed1
     assert 6 <= len(items) <= 8
@@ -74,6 +78,7 @@ def test_sentences_are_new_and_short() -> None:
         assert 3 <= len(words(text)) <= 12, text
 
 
+@pytest.mark.slow  # the `built` set: ~15 s of piper synthesis, once per session
 def test_length_scale_changes_speed(built: Built) -> None:
     def spoken(pcm: Pcm16) -> int:
         first, end = evalset.loud_span(pcm)
@@ -83,6 +88,7 @@ def test_length_scale_changes_speed(built: Built) -> None:
     assert 1.25 < spoken(built.slow) / spoken(built.fast) < 1.3 / 0.8 + 0.05
 
 
+@pytest.mark.slow  # the `built` set: ~15 s of piper synthesis, once per session
 def test_speech_end_is_where_the_speech_ends(built: Built) -> None:
     for item in built.seed1:
         end = round(item.speech_end_s * OUT_RATE_HZ)
@@ -94,6 +100,7 @@ def test_speech_end_is_where_the_speech_ends(built: Built) -> None:
         assert np.abs(clean[end - 1]) > LOUD and np.abs(clean[start]) > LOUD, item.label
 
 
+@pytest.mark.slow  # the `built` set: ~15 s of piper synthesis, once per session
 def test_noise_runs_before_under_and_after_the_speech(built: Built) -> None:
     for item in built.seed1:
         end = round(item.speech_end_s * OUT_RATE_HZ)
@@ -114,6 +121,7 @@ def test_noise_runs_before_under_and_after_the_speech(built: Built) -> None:
         assert snr == pytest.approx(evalset.CONDITIONS[item.condition][1], abs=0.5), item.label
 
 
+@pytest.mark.slow  # the `built` set: ~15 s of piper synthesis, once per session
 def test_pause_items_have_their_silence(built: Built) -> None:
     (item,) = (i for i in built.seed1 if i.kind == "pause")
     assert item.pause_span_s is not None and item.after_pause
@@ -128,6 +136,7 @@ def test_pause_items_have_their_silence(built: Built) -> None:
     assert item.text.endswith(item.after_pause)
 
 
+@pytest.mark.slow  # the `built` set: ~15 s of piper synthesis, once per session
 @pytest.mark.parametrize("kind", ["pink", "white", "hum", "babble"])
 @pytest.mark.parametrize("snr_db", [0.0, 10.0, 25.0])
 def test_mix_hits_the_snr(built: Built, kind: str, snr_db: float) -> None:

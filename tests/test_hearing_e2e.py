@@ -53,8 +53,8 @@ async def test_noisy_speech_is_answered_on_time_and_heard(
     answered = [r for r in results if r.v2v_ms is not None]
     # One item in ~30 can still go unanswered (see the README's hearing notes): allow one.
     assert len(answered) >= len(items) - 1, f"answered: {table}\n{log}"
-    noisy = [r.v2v_ms for i, r in zip(items, results, strict=True) if i.condition != "clean"]
-    noisy = [v for v in noisy if v is not None]
+    noisy_or_none = [r.v2v_ms for i, r in zip(items, results, strict=True) if i.condition != "clean"]
+    noisy = [v for v in noisy_or_none if v is not None]
     assert max(noisy) < 1600, f"a noisy turn waited for the noise to stop: {table}"
     errors = sum(wer(i.text, r.heard or "") * len(words(i.text)) for i, r in zip(items, results, strict=True))
     total = sum(len(words(i.text)) for i in items)

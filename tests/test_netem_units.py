@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from netem import commands as cmd
@@ -170,7 +171,10 @@ def test_holder_releases_in_time_order_and_is_bounded() -> None:
 def test_reply_gaps_counts_only_silences_of_60_ms_or_more_inside_the_reply() -> None:
     rate = 48_000
     tone = (np.sin(np.arange(rate // 5) * 0.05) * 8000).astype(np.int16)  # 200 ms
-    silence = lambda ms: np.zeros(rate * ms // 1000, np.int16)  # noqa: E731
+
+    def silence(ms: int) -> npt.NDArray[np.int16]:
+        return np.zeros(rate * ms // 1000, np.int16)
+
     pcm = np.concatenate([silence(300), tone, silence(40), tone, silence(100), tone, silence(500)])
     assert reply_gaps_ms(pcm) == pytest.approx(100, abs=20)
     assert reply_gaps_ms(np.zeros(rate, np.int16)) == 0.0

@@ -32,6 +32,7 @@ class Consumer:
     async def run(self) -> None:
         while True:
             frame = await self.track.recv()
+            assert isinstance(frame, av.AudioFrame)  # no encoder started: PCM frames
             self.frames.append((self.clock.now(), frame))
 
     @property

@@ -277,7 +277,8 @@ def test_fuzzed_offers_never_get_a_5xx_nor_leak_a_session(
                 hang_up(url, json.loads(resp_body))
             else:
                 location = resp_headers["Location"]
-                conn = http.client.HTTPConnection(*url.removeprefix("http://").split(":"))
+                host, port = url.removeprefix("http://").split(":")
+                conn = http.client.HTTPConnection(host, int(port))
                 conn.request("DELETE", location)
                 assert conn.getresponse().status == 200
                 conn.close()

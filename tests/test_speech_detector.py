@@ -33,7 +33,8 @@ def detector(silero: SileroModel, kind: str = "silero") -> SpeechDetector:
 
 def at_dbfs(pcm: Pcm16, dbfs: float) -> Pcm16:
     rms = float(np.sqrt(noise.active_power(pcm)))
-    return np.clip(pcm * (32768 * 10 ** (dbfs / 20) / rms), -32768, 32767).astype(np.int16)
+    scaled: Pcm16 = np.clip(pcm * (32768 * 10 ** (dbfs / 20) / rms), -32768, 32767).astype(np.int16)
+    return scaled
 
 
 def run(det: SpeechDetector, pcm48: Pcm16) -> list[tuple[EndpointKind, float, float | None]]:

@@ -118,6 +118,7 @@ LONG = (
 )
 
 
+@pytest.mark.slow  # ~50 s: a hundred real piper syntheses
 async def test_cancelled_mid_chunk_100_times_no_stall_no_restart(pool: TtsWorkerPool) -> None:
     """A speculative reply cancelled anywhere inside a frame (header read, payload not yet)
     used to leave the pool reading audio bytes as a header: the next request stalled for the
@@ -175,6 +176,7 @@ async def _gone(pid: int, within_s: float = 5.0) -> bool:
     return False
 
 
+@pytest.mark.slow  # ~10 s (espeak) and ~45 s (piper)
 @pytest.mark.parametrize("engine", ["espeak", "piper"])
 async def test_aclose_mid_synthesis_never_hangs_and_leaves_no_zombie(engine: str) -> None:
     """Closing the pool while a worker's pipe is full of audio nobody reads (the consumer

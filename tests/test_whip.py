@@ -91,12 +91,12 @@ async def test_whip_call_is_answered_heard_and_hung_up(
             await asyncio.sleep(0.1)
         assert server.health()["sessions"] == 0
         session_id = location.split("/")[2]  # /whip/{id}/{secret}
-        heard = [
+        heard_lines = [
             line
             for line in server.log().splitlines()
             if f"[{session_id}]" in line and "turn 1 heard" in line
         ]
-        assert heard and "time" in heard[0], heard
+        assert heard_lines and "time" in heard_lines[0], heard_lines
     finally:
         mic.stop()
         await pc.close()

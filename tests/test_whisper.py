@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,10 @@ def to16k(pcm48: Pcm16) -> Pcm16:
 
 
 @pytest.fixture
-async def pool() -> WhisperPool:
+async def pool() -> AsyncIterator[WhisperPool]:
     p = WhisperPool(WhisperConfig(workers=1))
     await p.start()
-    yield p  # type: ignore[misc]
+    yield p
     await p.aclose()
 
 
