@@ -266,7 +266,10 @@ def _ice_servers(urls: str, username: str, credential: str) -> tuple[IceServer, 
 
 
 def _asr_processes(asr_workers: int, workers: int) -> int:
-    return asr_workers or max(1, default_processes() // max(1, workers))
+    """One captions process per 4 cores by default: pocketsphinx takes ~45 ms of CPU per
+    second of speech, so one process keeps up with ~20 people talking at once, and each
+    process holds its own decoders (~90 MB each)."""
+    return asr_workers or max(1, default_processes() // (4 * max(1, workers)))
 
 
 def default_workers() -> int:
@@ -652,12 +655,22 @@ SECTIONS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
                 "--asr-workers",
                 None,
                 "pocketsphinx processes per server process, shared by its calls; 0: cores / "
-                "--workers",
+                "(4 × --workers)",
                 kind=INT,
                 default=0,
                 bound=at_least(0),
                 doc="pocketsphinx (live captions) processes per server process, shared by its "
-                "calls; `0`: cores ÷ `--workers`",
+                "calls; `0`: one per 4 cores ÷ `--workers` (at least one)",
+            ),
+            S(
+                "--asr-max-decoders",
+                "agent.asr_pool.max_decoders",
+                "live-caption decoders per pocketsphinx process (~90 MB each)",
+                bound=at_least(1),
+                doc="live-caption decoders a pocketsphinx process holds at most (~90 MB each): "
+                "more people speaking at the same moment get no live captions for that "
+                "utterance (the accurate pass still hears them); bounds the memory. Not "
+                "applied with `--asr pocketsphinx`, where its finals are the transcript",
             ),
             S(
                 "--whisper-workers",

@@ -119,6 +119,33 @@ async def test_calls_spread_over_the_workers_and_speak_at_once(speech: dict[str,
     assert all(proc.returncode is not None for proc in procs), "closing ends the workers"
 
 
+async def test_speakers_past_max_decoders_get_no_captions_and_memory_stays_bounded(
+    speech: dict[str, Any],
+) -> None:
+    """One decoder at most: the second person speaking at the same moment gets no captions
+    (and no streaming final), the first is recognized; once the first has finished, the
+    decoder serves the next utterance."""
+    async with running(max_decoders=1) as engine:
+        first, second = engine.create(), engine.create()
+        for rec in (first, second):
+            await rec.open()
+        pcm = Decimator(3).process(speech["What is your name?"])
+        await first.start()
+        await second.start()
+        for i in range(0, pcm.size, 320):
+            await first.push(pcm[i : i + 320])
+            await second.push(pcm[i : i + 320])
+        assert await live_caption(first), "the first speaker has live captions"
+        assert await live_caption(second) == "", "no decoder left for the second"
+        with pytest.raises(EngineError, match="no decoder free"):
+            await second.finish()
+        assert wer("what is your name", await first.finish()) == 0.0
+        _, final = await say(second, speech["What time is it?"])  # the decoder is free again
+        assert wer("what time is it", final) == 0.0, final
+        for rec in (first, second):
+            await rec.aclose()
+
+
 async def test_a_dead_worker_degrades_its_calls_and_is_replaced(speech: dict[str, Any]) -> None:
     async with running() as engine:
         rec = engine.create()

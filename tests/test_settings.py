@@ -32,7 +32,7 @@ FLAGS = """
 --llm-token-timeout-s --llm-filler-after-s --llm-fallback-url --llm-fallback-model
 --llm-breaker-failures --llm-breaker-reset-s --asr --asr-workers --whisper-workers
 --whisper-threads --speech-detector --vad-aggressiveness --silero-threshold --talker-margin-db
---turn-end --eou-complete-ms --eou-incomplete-ms --min-speech-ms --eou-silence-ms --speculate-ms
+--asr-max-decoders --turn-end --eou-complete-ms --eou-incomplete-ms --min-speech-ms --eou-silence-ms --speculate-ms
 --no-speculation --greeting --system-prompt --budgets --slow-turn-ms --receive-path
 --jitter-min-ms --jitter-max-ms --opus-bitrate --opus-loss-pct --log-level --workers
 --session-id-prefix --agent-check-port
@@ -58,7 +58,7 @@ def test_the_reference_is_generated_from_the_declarations() -> None:
 
 def test_every_flag_keeps_its_name_and_its_variable() -> None:
     assert sorted(s.flag for s in SETTINGS) == sorted(FLAGS)
-    assert len(FLAGS) == 67
+    assert len(FLAGS) == 68
     for s in SETTINGS:
         assert s.env == "RINGBACK_" + s.flag.removeprefix("--").replace("-", "_").upper()
     actions = argparse.ArgumentParser()
@@ -73,7 +73,9 @@ def test_no_flag_gives_the_config_objects_own_defaults() -> None:
     workers = settings.default_workers()
     assert config == ServerConfig(
         workers=workers,
-        agent=AgentConfig(asr_pool=AsrPoolConfig(processes=max(1, default_processes() // workers))),
+        agent=AgentConfig(
+            asr_pool=AsrPoolConfig(processes=max(1, default_processes() // (4 * workers)))
+        ),
     )
 
 

@@ -155,11 +155,12 @@ def test_one_worker_per_four_cores_by_default_and_the_asr_processes_shared_out()
     cores = len(os.sched_getaffinity(0))
     config = server_config(parser.parse_args([]))
     assert config.workers == max(1, cores // 4)
-    assert config.agent.asr_pool.processes == max(1, cores // config.workers)
+    # One captions process per 4 cores, shared out among the server processes.
+    assert config.agent.asr_pool.processes == max(1, cores // (4 * config.workers))
     config = server_config(parser.parse_args(["--workers", "2"]))
-    assert config.agent.asr_pool.processes == max(1, cores // 2)
+    assert config.agent.asr_pool.processes == max(1, cores // 8)
     config = server_config(parser.parse_args(["--workers", "1"]))
-    assert config.agent.asr_pool.processes == cores
+    assert config.agent.asr_pool.processes == max(1, cores // 4)
     config = server_config(parser.parse_args(["--workers", "1", "--asr-workers", "3"]))
     assert config.agent.asr_pool.processes == 3
 
@@ -187,4 +188,4 @@ def asr_processes_under(pid: int) -> int:
 
 def test_each_worker_runs_its_share_of_the_asr_processes(front: Server) -> None:
     cores = len(os.sched_getaffinity(0))
-    assert asr_processes_under(front.proc.pid) == 2 * max(1, cores // 2)
+    assert asr_processes_under(front.proc.pid) == 2 * max(1, cores // 8)

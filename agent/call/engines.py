@@ -91,8 +91,11 @@ class Engines:
             else None
         )
         asr_pool = config.asr_pool
-        if config.asr == "pocketsphinx":  # its finals are the transcript, not just captions
-            asr_pool = dataclasses.replace(asr_pool, niceness=CRITICAL_PATH)
+        if config.asr == "pocketsphinx":  # its finals are the transcript, not just captions:
+            # critical, and every speaker needs a decoder however many speak at once
+            asr_pool = dataclasses.replace(
+                asr_pool, niceness=CRITICAL_PATH, max_decoders=max(asr_pool.max_decoders, 1000)
+            )
         asr = PocketsphinxEngine(asr_pool)
         await asr.start()
         transcriber = WhisperPool(config.whisper) if config.asr == "hybrid" else None

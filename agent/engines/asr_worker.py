@@ -1,6 +1,7 @@
 """Streaming-ASR worker process: pocketsphinx decoders for many calls, driven over pipes.
 
-Run as `python -m agent.engines.asr_worker PRELOAD [NICENESS]` (see worker_setup.py).
+Run as `python -m agent.engines.asr_worker PRELOAD [NICENESS [MOST]]` (see worker_setup.py):
+PRELOAD idle decoders kept loaded, at most MOST decoders in all.
 pocketsphinx holds the GIL while it decodes (~2 ms per 20 ms frame) and while it loads a
 decoder (~0.25 s), so in the server's process it would stall every call's audio; here it
 stalls nobody. agent/engines/pocketsphinx_asr.py starts a few of these and spreads the calls
@@ -76,17 +77,27 @@ def trim_heap() -> None:
         malloc_trim(0)
 
 
-class Decoders:
-    """Utterance → decoder, with an idle pool of at most `keep` decoders."""
+CAPTIONS_FULL = "no decoder free: every decoder of this worker is busy"
 
-    def __init__(self, keep: int) -> None:
+
+class Decoders:
+    """Utterance → decoder, with an idle pool of at most `keep` decoders and at most `most`
+    decoders in all: each holds ~90 MB, so past `most` people speaking at the same moment an
+    utterance gets no decoder (its answers report CAPTIONS_FULL: no live captions for it;
+    the accurate pass still hears it)."""
+
+    def __init__(self, keep: int, most: int | None = None) -> None:
         self._keep = keep
+        self._most = max(keep, 1) if most is None else max(most, keep, 1)
         self._idle = [load_decoder() for _ in range(keep)]
         self._busy: dict[int, Any] = {}
         self._errors: dict[int, str] = {}  # stream -> the error its next answer reports
 
     def start(self, stream: int) -> None:
         self.cancel(stream)
+        if not self._idle and len(self._busy) >= self._most:
+            self._errors[stream] = CAPTIONS_FULL
+            return
         try:
             decoder = self._idle.pop() if self._idle else load_decoder()
             decoder.start_utt()
@@ -218,7 +229,7 @@ def serve(
 def main() -> None:
     keep = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     become_engine_worker(int(sys.argv[2]) if len(sys.argv) > 2 else CAPTIONS)
-    decoders = Decoders(keep)
+    decoders = Decoders(keep, int(sys.argv[3]) if len(sys.argv) > 3 else None)
     stdout = sys.stdout.buffer
     stdout.write(HEADER.pack(READY, 0, 0))
     stdout.flush()

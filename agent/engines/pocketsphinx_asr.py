@@ -3,7 +3,7 @@
 pocketsphinx holds the GIL while it decodes (~2 ms per 20 ms frame) and while it loads a
 decoder (~0.25 s). In the server's process that stalled the event loop — every call's audio
 — and was the largest item of a profile at 4 calls (58 % of the samples holding the GIL).
-So the decoders live in a few worker processes (agent/engines/asr_worker.py), one per core by
+So the decoders live in worker processes (agent/engines/asr_worker.py), one per 4 cores by
 default, shared by every call: a call's recognizer is bound to the process with the fewest
 calls, and its audio goes down a pipe without waiting for an answer. `partial` does not wait
 either: it returns the newest hypothesis the worker has sent and asks for the next one, so a
@@ -23,6 +23,10 @@ it was decoding lose their captions — `partial` returns "" — and their `fini
 retryable EngineError, which the listener answers with the accurate pass's text or an empty
 final. Each call moves to a live worker at its next
 utterance; with none alive it has no captions until the replacement is up.
+
+Memory: a decoder holds ~90 MB (the acoustic model and the LM search), so a process keeps
+`preload` of them idle and holds at most `max_decoders`: past that many people speaking at the
+same moment, an utterance gets no decoder and no live captions (its `partial` is "").
 """
 
 from __future__ import annotations
@@ -79,15 +83,18 @@ def default_processes() -> int:
 @dataclass(frozen=True)
 class AsrPoolConfig:
     processes: int = field(default_factory=default_processes)
-    preload: int = 2  # idle decoders each process keeps (~95 MB each)
+    preload: int = 1  # idle decoders each process keeps (~90 MB each)
+    # Decoders a process holds at most: people speaking at the same moment beyond it get no
+    # live captions (the accurate pass still hears them), so memory stays bounded.
+    max_decoders: int = 3
     niceness: int = CAPTIONS  # CRITICAL_PATH when its finals are the transcript
     start_timeout_s: float = 60.0
     answer_timeout_s: float = 2.0  # `finish` gives up (the turn's fallback text is "")
     hung_after_s: float = 10.0  # owing answers, no progress at all this long: killed, replaced
 
     def __post_init__(self) -> None:
-        if self.processes < 1 or self.preload < 0:
-            raise ValueError("ASR processes must be >= 1 and preload >= 0")
+        if self.processes < 1 or self.preload < 0 or self.max_decoders < max(1, self.preload):
+            raise ValueError("ASR processes must be >= 1, preload >= 0, max_decoders >= preload")
         if min(self.answer_timeout_s, self.hung_after_s, self.start_timeout_s) <= 0:
             raise ValueError("ASR timeouts must be positive")
 
@@ -191,6 +198,7 @@ class PocketsphinxEngine:
             "agent.engines.asr_worker",
             str(self.config.preload),
             str(self.config.niceness),
+            str(self.config.max_decoders),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
