@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from aiortc import RTCPeerConnection
 
 from agent.call.config import AgentConfig
 from agent.conversation.speech_detector import SpeechDetectorConfig
@@ -69,7 +70,7 @@ async def test_no_headroom_refuses_fast_then_admits_and_resumes_pass(
     app = create_app(config())
     client: TestClient[Any, Any] = await aiohttp_client(app)
     created: list[object] = []
-    real_pc = peers.RTCPeerConnection
+    real_pc = RTCPeerConnection  # what signaling.peers imports, before it is replaced
 
     def counted_pc(*args: Any, **kwargs: Any) -> Any:
         pc = real_pc(*args, **kwargs)

@@ -4,6 +4,7 @@ limits, the projection for one more call, hysteresis, start-up, and the log's ra
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -158,6 +159,6 @@ def test_refusals_are_logged_once_per_period() -> None:
         {"window_s": 0.0},
     ],
 )
-def test_config_validates(bad: dict[str, float]) -> None:
+def test_config_validates(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         replace(CONFIG, **bad)

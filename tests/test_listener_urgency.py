@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from agent.audio import Pcm16
 from agent.clock import FakeClock
+from agent.conversation.listener import Final
 from agent.engines.interfaces import Transcription
 from agent.engines.priority import Priority, Urgency
-from tests.test_listener import Final, ScriptedTranscriber, only, run_hybrid
+from tests.test_listener import ScriptedTranscriber, only, run_hybrid
 
 
 class RecordingTranscriber(ScriptedTranscriber):

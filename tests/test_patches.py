@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import fractions
 import importlib
+from collections.abc import Callable
+from importlib.metadata import version
 
 import av
 import numpy as np
@@ -73,7 +75,7 @@ def test_check_names_a_missing_symbol(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_check_refuses_another_version(
     monkeypatch: pytest.MonkeyPatch, package: str, pinned: str
 ) -> None:
-    real = patches.version
+    real = version  # what agent.media.patches imports, before it is replaced
     monkeypatch.setattr(patches, "version", lambda p: "9.9.9" if p == package else real(p))
     with pytest.raises(patches.PatchError, match=rf"{package} 9\.9\.9 .* pinned to {pinned}"):
         patches.check()
@@ -84,8 +86,8 @@ def test_every_patch_checks_the_pins_first(monkeypatch: pytest.MonkeyPatch) -> N
     import aiortc.rtcrtpreceiver as receiver
     import aiortc.rtcrtpsender as sender
 
-    before = (receiver.JitterBuffer, sender.get_encoder, aioice.ice.get_host_addresses)
-    real = patches.version
+    before = (receiver.JitterBuffer, sender.get_encoder, aioice.ice.get_host_addresses)  # type: ignore[attr-defined]  # a patch point aiortc does not re-export
+    real = version  # what agent.media.patches imports, before it is replaced
     monkeypatch.setattr(patches, "version", lambda p: "9.9.9" if p == "aiortc" else real(p))
     for install in (
         lambda: patches.install("ringback", None),
@@ -97,7 +99,7 @@ def test_every_patch_checks_the_pins_first(monkeypatch: pytest.MonkeyPatch) -> N
     ):
         with pytest.raises(patches.PatchError, match="pinned"):
             install()
-    assert (receiver.JitterBuffer, sender.get_encoder, aioice.ice.get_host_addresses) == before
+    assert (receiver.JitterBuffer, sender.get_encoder, aioice.ice.get_host_addresses) == before  # type: ignore[attr-defined]  # a patch point aiortc does not re-export
 
 
 async def _pass(data: bytes, send: patches.SendRtp) -> None:
@@ -147,11 +149,11 @@ def test_receive_path_switches_and_restores() -> None:
     import aiortc.rtcrtpreceiver as receiver
     from aiortc.jitterbuffer import JitterBuffer
 
-    assert receiver.JitterBuffer is JitterBuffer
+    assert receiver.JitterBuffer is JitterBuffer  # type: ignore[attr-defined]  # a patch point aiortc does not re-export
     installed = patches.install("ringback", None)
     try:
-        audio = receiver.JitterBuffer(capacity=16, prefetch=4)
-        video = receiver.JitterBuffer(capacity=512, is_video=True)
+        audio = receiver.JitterBuffer(capacity=16, prefetch=4)  # type: ignore[attr-defined]  # a patch point aiortc does not re-export
+        video = receiver.JitterBuffer(capacity=512, is_video=True)  # type: ignore[attr-defined]  # a patch point aiortc does not re-export
         assert not isinstance(audio, JitterBuffer), "audio must bypass aiortc's fixed buffer"
         assert isinstance(video, JitterBuffer), "video keeps aiortc's buffer"
         opus = next(c for c in CODECS["audio"] if c.name == "opus")
@@ -167,7 +169,7 @@ def test_opus_is_sent_at_speech_bitrate_with_in_band_fec() -> None:
     opus = next(c for c in CODECS["audio"] if c.name == "opus")
     with patches.install("aiortc", OpusSendConfig(bitrate_bps=32_000, packet_loss_pct=10)):
         assert opus.parameters["useinbandfec"] == 1 and opus.parameters["minptime"] == 10
-        encoder = sender.get_encoder(opus)
+        encoder = sender.get_encoder(opus)  # type: ignore[attr-defined]  # a patch point aiortc does not re-export
     assert "useinbandfec" not in opus.parameters, "uninstall puts aiortc's SDP back"
     pcm = speech_like(seconds=3.0)
     payloads: list[bytes] = []
@@ -211,7 +213,8 @@ async def test_received_audio_reaches_the_track_on_the_loop_not_through_a_thread
         got = [await asyncio.wait_for(track.recv(), 10) for _ in range(25)]  # type: ignore[attr-defined]
         assert all(isinstance(a, EncodedAudio) and a.codec == "opus" for a in got)
         (receiver,) = agent.getReceivers()
-        direct = receiver._RTCRtpReceiver__decoder_queue
+        # aiortc's private (name-mangled) decoder queue: where the patch routes received audio
+        direct = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
         assert isinstance(direct, patches.DirectQueue)
         assert direct._thread_queue.empty(), "nothing went to the decoder thread"
         await agent.close()
@@ -280,6 +283,7 @@ def test_a_second_install_is_refused_unless_shared() -> None:
     first = patches.install("ringback", OpusSendConfig(), LOOPBACK)
     try:
         patched = patch_points()
+        again: Callable[[], object]
         for again in (
             lambda: patches.install("ringback", OpusSendConfig(), LOOPBACK),
             lambda: patches.install("aiortc", None, LOOPBACK),
@@ -307,7 +311,7 @@ def test_a_second_install_is_refused_unless_shared() -> None:
         first.uninstall()
     # And once uninstalled, another install (other settings) is welcome.
     with patches.install("aiortc", None, LOOPBACK) as third:
-        assert receiver.JitterBuffer is before["aiortc.rtcrtpreceiver.JitterBuffer"]
+        assert receiver.JitterBuffer is before["aiortc.rtcrtpreceiver.JitterBuffer"]  # type: ignore[attr-defined]  # a patch point aiortc does not re-export
         with pytest.raises(patches.PatchError, match="not replaced"):
             third.original("aiortc.rtcrtpreceiver.JitterBuffer")
     assert changed(before) == set()
@@ -348,7 +352,7 @@ async def _loopback_call() -> tuple[list[object], OutboundAudioTrack, str]:
         await agent.setLocalDescription(await agent.createAnswer())
         await caller.setRemoteDescription(agent.localDescription)
         track = await asyncio.wait_for(tracks.get(), 10)
-        got = [await asyncio.wait_for(track.recv(), 10) for _ in range(25)]
+        got: list[object] = [await asyncio.wait_for(track.recv(), 10) for _ in range(25)]
         return got, mic, str(agent.localDescription.sdp)
     finally:
         mic.stop()
