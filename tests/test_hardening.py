@@ -81,13 +81,13 @@ async def test_hostile_data_channel_messages_neither_end_the_call_nor_flood_the_
         # A peer that ignores the max-message-size our SDP advertises (aiortc's own sender
         # refuses to send past it; a hostile peer does not ask).
         events.transport._remote_max_message_size = 0
+        events.send("\x00\x1b[2J\nFORGED line")  # first: the first few lines are logged
         events.send("[" * 1000)  # RecursionError in json.loads: this ended the call
         events.send("{" * 1000)
         events.send('{"a":' * 5000 + "1" + "}" * 5000)  # deep JSON, 50 KB
         events.send("x" * 1_000_000)  # 1 MB
         events.send(b"\xff\xfe\xfd" + b"[" * 1000)  # invalid UTF-8, binary
         events.send(b"")
-        events.send("\x00\x1b[2J\nFORGED line")
         for i in range(2000):  # a flood of junk and mute toggles from one caller
             events.send(f"junk {i}")
             events.send(json.dumps({"type": "mute", "muted": False}))
