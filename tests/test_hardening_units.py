@@ -4,7 +4,6 @@ real aiortc peers, real HTTP) is in test_hardening.py."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import Any
@@ -203,4 +202,4 @@ def test_a_track_stopped_under_a_reply_is_a_normal_end() -> None:
     assert _only_track_stopped(ExceptionGroup("outer", [ExceptionGroup("inner", [stopped])]))
     assert not _only_track_stopped(ExceptionGroup("reply", [stopped, ValueError("bug")]))
     assert not _only_track_stopped(RuntimeError("bug"))
-    assert not _only_track_stopped(asyncio.TimeoutError())
+    assert not _only_track_stopped(TimeoutError())
