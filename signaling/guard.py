@@ -8,6 +8,12 @@
 - CORS: only origins in the allow-list get CORS headers and preflight answers.
 - `Expect: 100-continue` with a body over the limit gets 413 before the body is sent.
 - Access log lines do not carry session secrets; a malformed HTTP request is one INFO line.
+- Nothing a client sends can break or forge a log line: every string from the request that
+  is logged (method, path, address, user agent, error texts quoting the request) goes through
+  `logctx.escape`.
+- A request whose body could not be read (a `Content-Encoding` that does not decode) is
+  answered with `Connection: close`: aiohttp closes that connection after the answer, and a
+  client must not send its next request on it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestPayloadError
 
+from agent.call.logctx import escape
 from signaling.config import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -114,14 +121,23 @@ def middlewares(config: ServerConfig) -> list[Middleware]:
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             return json_error(exc.status, exc.reason or "error", headers=headers)
         except ConnectionResetError:
-            log.info("client went away during %s %s", request.method, mask_secrets(request.path))
+            log.info("client went away during %s %s", escape(request.method), mask_secrets(request.path))
             return json_error(400, "connection lost")  # nobody left to read it
         except Exception:
-            log.exception("unhandled error on %s %s", request.method, mask_secrets(request.path))
+            log.exception("unhandled error on %s %s", escape(request.method), mask_secrets(request.path))
             return json_error(500, "internal error (logged on the server)")
 
+    @web.middleware
+    async def close_after_bad_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        # aiohttp drops a connection whose request body failed to decode (or did not arrive)
+        # once the answer is out; say so in the answer, or the client reuses a dead socket.
+        if request.content.exception() is not None or response.status == 408:
+            response.force_close()
+        return response
+
     # Outermost first: CORS headers go on every answer, errors included.
-    return [cors, json_errors, auth]
+    return [cors, close_after_bad_body, json_errors, auth]
 
 
 def expect_handler(max_body_bytes: int) -> Callable[[web.Request], Awaitable[None]]:
@@ -145,22 +161,24 @@ _SECRET_PATH = re.compile(r"^(/whip/[^/?]+/)[^/?]+")
 
 
 def mask_secrets(path: str) -> str:
-    """A request path fit for a log line: a WHIP resource's secret masked."""
-    return _SECRET_PATH.sub(r"\1…", path)
+    """A request path fit for a log line: a WHIP resource's secret masked, the rest escaped
+    (logctx.escape: a decoded `%0a` must not start a new line)."""
+    return escape(_SECRET_PATH.sub(r"\1…", path))
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One line per request, with WHIP resource secrets masked."""
+    """One line per request: WHIP resource secrets masked, everything from the client
+    escaped (a `%0a` in a path is a `\x0a` in the log, not a new line)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        path = mask_secrets(request.path)
         self.logger.info(
-            '%s "%s %s" %d %.1f ms',
-            request.remote,
-            request.method,
-            path,
+            '%s "%s %s" %d %.1f ms "%s"',
+            escape(request.remote or "-"),
+            escape(request.method, 20),
+            mask_secrets(request.path),
             response.status,
             time * 1000,
+            escape(request.headers.get("User-Agent", "-"), 120),
         )
 
 
@@ -178,7 +196,7 @@ class MalformedRequestFilter(logging.Filter):
             message = str(exc)
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.msg = "malformed HTTP request: %s"
-            record.args = (" ".join(str(message).split())[:200],)
+            record.args = (escape(" ".join(str(message).split())),)
             record.exc_info = None
             record.exc_text = None
         return True

@@ -1,5 +1,10 @@
-"""Observability routes: `GET /metrics` (Prometheus text), `GET /sessions`, `/sessions/{id}`;
-and the admission headroom's inputs and state as metrics (`HeadroomCollector`)."""
+"""Observability routes: `GET /metrics` (Prometheus text), `GET /sessions`, `/sessions/{id}`.
+
+`/sessions` lists the live calls and the parked ones: a call the network dropped stays
+resumable for a while (peers.py), shown with `state: "parked"` and `resume_within_s`.
+`turns` counts the conversation's turns, those kept from before a resume included. The
+admission headroom's inputs and state are metrics too (`HeadroomCollector`).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from signaling.guard import json_error
 from signaling.headroom import Headroom, Signal
-from signaling.peers import Call, CallRegistry
+from signaling.peers import Call, CallRegistry, ParkedCall
 
 RegistryOf = Callable[[web.Request], CallRegistry]
 
@@ -24,7 +29,7 @@ def session_info(call: Call) -> dict[str, object]:
         "session_id": call.id,
         "connection": call.pc.connectionState,
         "state": str(session.turns.state),
-        "turns": session.turns.turns_completed,
+        "turns": session.turns_total,
         "retracted": session.turns.retracted,
         "link": session.link.as_event() if session.link is not None else None,
     }
@@ -59,20 +64,40 @@ class HeadroomCollector(Collector):
         return [admitting, value, limit]
 
 
+def parked_info(parked: ParkedCall) -> dict[str, object]:
+    """A dropped call waiting to be resumed, in the shape of `session_info`."""
+    return {
+        "session_id": parked.id,
+        "connection": "closed",
+        "state": "parked",
+        "turns": parked.turns,
+        "dropped": parked.reason,
+        "resume_within_s": parked.resume_within_s,
+        "link": None,
+    }
+
+
 def routes(registry_of: RegistryOf) -> list[web.RouteDef]:
     async def metrics(request: web.Request) -> web.Response:
         body = registry_of(request).stats.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def sessions(request: web.Request) -> web.Response:
-        calls = list(registry_of(request).calls.values())
-        return web.json_response({"sessions": [session_info(c) for c in calls]})
+        registry = registry_of(request)
+        live = [session_info(c) for c in registry.calls.values()]
+        parked = [parked_info(p) for p in registry.parked() if p.id not in registry.calls]
+        return web.json_response({"sessions": live + parked})
 
     async def one_session(request: web.Request) -> web.Response:
-        call = registry_of(request).calls.get(request.match_info["session_id"])
-        if call is None:
+        registry = registry_of(request)
+        session_id = request.match_info["session_id"]
+        call = registry.calls.get(session_id)
+        if call is not None:
+            return web.json_response(session_info(call))
+        parked = next((p for p in registry.parked() if p.id == session_id), None)
+        if parked is None:
             return json_error(404, "no such session")
-        return web.json_response(session_info(call))
+        return web.json_response(parked_info(parked))
 
     return [
         web.get("/metrics", metrics),

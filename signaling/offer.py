@@ -29,6 +29,7 @@ from aiortc import RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
 from agent.call import logctx
+from agent.call.logctx import escape
 from signaling.admission import Refused
 from signaling.guard import BODY_TIMEOUT_S, json_error
 from signaling.headroom import Decision, Headroom
@@ -250,11 +251,11 @@ async def _negotiate(
             check_headroom(headroom, registry, resume)
         answer, call = await registry.open(offer, client, resume)
     except OfferError as exc:
-        log.info("offer rejected (%d): %s", exc.status, exc)
+        log.info("offer rejected (%d): %s", exc.status, escape(exc))
         return json_error(exc.status, str(exc))
     except Refused as exc:
         refused.labels("rate").inc()
-        log.info("offer refused (429) for %s: %s", client, exc)
+        log.info("offer refused (429) for %s: %s", escape(client, 60), exc)
         return json_error(429, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
     except ShuttingDown:
         refused.labels("draining").inc()
@@ -277,7 +278,7 @@ async def _negotiate(
         log.warning("offer rejected: at capacity (%d sessions)", len(registry.calls))
         return json_error(503, "server busy: too many calls", headers={"Retry-After": retry_after})
     except OfferRejected as exc:
-        log.info("offer rejected by the WebRTC stack: %s", exc)
+        log.info("offer rejected by the WebRTC stack: %s", escape(exc))
         return json_error(400, f"SDP rejected by the WebRTC stack: {exc}")
     logctx.bind(call.id)  # the rest of this request (its access log line) names the call
     return respond(answer, call)

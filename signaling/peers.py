@@ -37,6 +37,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from agent.call import logctx
 from agent.call.engines import Engines
 from agent.call.events import CHANNEL_LABEL
+from agent.call.logctx import escape
 from agent.call.session import Session
 from agent.call.stats import ServerStats
 from agent.clock import Clock
@@ -102,6 +103,18 @@ class _Parked:
     secret: str
     conversation: Conversation
     expires_at: float
+    turns: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ParkedCall:
+    """A dropped call that can still be resumed (what `/sessions` shows of it)."""
+
+    id: str
+    turns: int
+    reason: str  # why it dropped ("no media", "connection failed", ...)
+    resume_within_s: float
 
 
 def _secret_matches(expected: str, given: str) -> bool:
@@ -113,7 +126,7 @@ async def _close_pc(pc: RTCPeerConnection, call_id: str) -> None:
         try:
             await pc.close()
         except Exception as exc:  # aiortc can raise again on an offer it refused
-            log.info("peer connection close failed: %s: %s", type(exc).__name__, exc)
+            log.info("peer connection close failed: %s: %s", type(exc).__name__, escape(exc))
 
 
 class CallRegistry:
@@ -154,6 +167,15 @@ class CallRegistry:
         self.admission.check(client, self.clock.now())
         if self.full and self.admission.pending == 0:
             raise CapacityError
+
+    def parked(self) -> list[ParkedCall]:
+        """Dropped calls still resumable, oldest first."""
+        self._purge_parked()
+        now = self.clock.now()
+        return [
+            ParkedCall(call_id, p.turns, p.reason, round(p.expires_at - now, 1))
+            for call_id, p in self._parked.items()
+        ]
 
     def _purge_parked(self) -> None:
         now = self.clock.now()
@@ -351,6 +373,8 @@ class CallRegistry:
                     call.secret,
                     call.session.turns.conversation,
                     self.clock.now() + self.config.resume_grace_s,
+                    call.session.turns_total,
+                    call.end_reason,
                 )
             log.info("call ended: %s (%d active)", call.end_reason, len(self.calls))
 

@@ -1,6 +1,8 @@
 // ringback browser client: the page's state, controls, transcript and numbers.
 // connection.js places and watches one WebRTC connection; this module keeps the call going
-// across connections (reconnect with backoff, resume), so the transcript outlives them.
+// across connections (reconnect with backoff, resume), so the transcript outlives them. A
+// first call to a server that is down or busy is tried again the same way, with a countdown
+// in words ("Can't reach the server — trying again in 4 s") until it answers or Hang up.
 // levels.js measures the audio (meters, mouth-to-ear latency); quality.js reads getStats().
 //
 // Automation contract (tests, scripts): window.ringback =
@@ -46,6 +48,13 @@ const INTERRUPTED_HOLD_MS = 1200; // long enough to read
 const READY_FALLBACK_MS = 3000; // an agent that never says `ready` (older server)
 const STATS_EVERY_MS = 2000;
 const BACKOFF = { firstMs: 250, baseMs: 500, capMs: 4000, giveUpMs: 90_000 };
+// Calling while the server is down (restarting, not yet up): keep trying, as reconnect does,
+// for longer than a restart takes; the person sees why and can Hang up at any time.
+const FIRST_CALL_GIVE_UP_MS = 300_000;
+const RETRY_WORDS = {
+  unreachable: "Can't reach the server — trying again in", busy: 'The agent is busy — trying again in',
+  timeout: "The agent didn't answer — trying again in",
+};
 const SERVER_STAGES = [
   ['eou_delay_ms', 'decided you had finished'], ['asr_complete_ms', 'had your words'],
   ['llm_first_token_ms', 'first words of the answer'], ['tts_first_chunk_ms', 'voice ready'],
@@ -508,6 +517,42 @@ async function reconnect(c, reason) {
   }
 }
 
+// Waits `ms` before the next attempt, saying so each second; false if the call was cancelled.
+async function countdown(c, kind, ms) {
+  const end = performance.now() + ms;
+  for (;;) {
+    if (call !== c) return false;
+    const left = end - performance.now();
+    if (left <= 0) return true;
+    const secs = Math.ceil(left / 1000);
+    show('connecting', `${RETRY_WORDS[kind] ?? RETRY_WORDS.timeout} ${secs} s`);
+    await sleep(left - (secs - 1) * 1000); // wake when the number shown changes
+  }
+}
+
+// The first connection of a call: a server that is down, busy or restarting is tried again
+// with backoff until it answers (or the person hangs up). False: the call was cancelled.
+async function connectFirst(c) {
+  const started = performance.now();
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      await connect(c, null);
+      return true;
+    } catch (e) {
+      if (call !== c) return false;
+      if (!(e instanceof CallError) || !e.retry) throw e;
+      if (performance.now() - started > FIRST_CALL_GIVE_UP_MS) {
+        throw new CallError(`${e.message} Press Call to try again.`, { status: e.status });
+      }
+      log('call attempt failed:', String(e.message));
+      // Exponential backoff with jitter, and never sooner than the server's Retry-After.
+      const backoff = Math.min(BACKOFF.capMs, BACKOFF.baseMs * 2 ** attempt) * (0.5 + Math.random() / 2);
+      if (!(await countdown(c, e.kind, Math.max(backoff, e.retryAfterMs)))) return false;
+      show('connecting', e.kind === 'unreachable' ? 'Trying the server again…' : 'Calling again…');
+    }
+  }
+}
+
 async function startCall() {
   callCount += 1;
   const c = (call = {
@@ -540,7 +585,7 @@ async function startCall() {
     }
     if (call !== c) return;
     show('connecting');
-    await connect(c, null);
+    if (!(await connectFirst(c))) return;
     c.statsTimer = setInterval(() => pollQuality(c), STATS_EVERY_MS);
     renderQuality();
   } catch (e) {

@@ -19,11 +19,12 @@ const HEALTH_TIMEOUT_MS = 1000;
 const OFFER_TIMEOUT_MS = 10000; // a half-open connection must not stall the reconnect loop
 
 export class CallError extends Error {
-  constructor(message, { status = null, retry = false, retryAfterMs = 0 } = {}) {
+  constructor(message, { status = null, retry = false, retryAfterMs = 0, kind = 'rejected' } = {}) {
     super(message);
     this.status = status;
     this.retry = retry; // worth trying again (server unreachable, busy, restarting)
     this.retryAfterMs = retryAfterMs; // the server's Retry-After, when it gave one
+    this.kind = kind; // unreachable | busy | timeout | rejected: what to tell the person
   }
 }
 
@@ -100,7 +101,7 @@ export class Connection {
     await pc.setRemoteDescription({ type: answer.type || 'answer', sdp: answer.sdp });
     let timer;
     const timeout = new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new CallError('The agent did not answer in time.', { retry: true })),
+      timer = setTimeout(() => reject(new CallError('The agent did not answer in time.', { retry: true, kind: 'timeout' })),
         CONNECT_TIMEOUT_MS);
     });
     try {
@@ -126,7 +127,7 @@ export class Connection {
         signal: AbortSignal.timeout(OFFER_TIMEOUT_MS),
       });
     } catch (e) {
-      throw new CallError(`Cannot reach the server (${e.message}).`, { retry: true });
+      throw new CallError(`Cannot reach the server (${e.message}).`, { retry: true, kind: 'unreachable' });
     }
     const answer = await res.json().catch(() => null);
     if (resume && (res.status === 404 || res.status === 410)) {
@@ -138,7 +139,7 @@ export class Connection {
       const secs = Number.parseInt(res.headers.get('Retry-After') ?? '', 10);
       const when = Number.isFinite(secs) ? `in ${Math.max(secs, 0)} s` : 'later';
       throw new CallError(`The agent is busy; try again ${when}.`,
-        { status: res.status, retry: true, retryAfterMs: Number.isFinite(secs) ? secs * 1000 : 0 });
+        { status: res.status, retry: true, retryAfterMs: Number.isFinite(secs) ? secs * 1000 : 0, kind: 'busy' });
     }
     if (res.status === 401 || res.status === 403) {
       throw new CallError('The server refused this page (check the ?token= in the address).',

@@ -39,6 +39,7 @@ from agent.conversation.listener import (
 )
 from agent.conversation.speech_detector import SpeechDetector
 from agent.conversation.turns import State, TurnManager
+from agent.engines.interfaces import Role
 from agent.media.inbound import LinkStats, inbound_frames
 from agent.media.outbound import OutboundAudioTrack
 
@@ -61,7 +62,7 @@ class Session:
         self.engines = engines
         self.clock = clock
         self.mute = Mute()
-        self.events = EventChannel(session_id, on_mute=self.mute.set)
+        self.events = EventChannel(session_id, on_mute=self.mute.set, now=clock.now)
         self.link: LinkStats | None = None
         self._stats = stats
         self.outbound = OutboundAudioTrack(
@@ -71,6 +72,8 @@ class Session:
             conversation = Conversation()
             if config.system_prompt:
                 conversation.system_prompt = config.system_prompt
+        # A resumed call goes on counting from the exchanges its history kept.
+        self.earlier_turns = sum(1 for m in conversation.turns if m.role == Role.USER)
         self.turns = TurnManager(
             engines.llm,
             engines.tts,
@@ -80,6 +83,11 @@ class Session:
             self._emit,
             config.turns,
         )
+
+    @property
+    def turns_total(self) -> int:
+        """Turns of the conversation: those kept from before a resume, and this call's."""
+        return self.earlier_turns + self.turns.turns_completed
 
     def _on_mark_started(self, mark: Hashable, t: float) -> None:
         self.turns.on_mark_started(mark, t)
@@ -149,6 +157,7 @@ class Session:
             self.outbound.stop()
             if self._stats is not None and self.link is not None:
                 self._stats.record_link(self.link.as_event())
+            self.events.flush_logs()
             log.info("session ended after %d turns", self.turns.turns_completed)
 
     async def _dispatch(self, event: TurnEvent) -> None:

@@ -29,6 +29,8 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from aiortc.mediastreams import MediaStreamError
+
 from agent.audio import OUT_RATE_HZ
 from agent.clock import Clock
 from agent.conversation.chunker import ChunkerConfig
@@ -194,9 +196,12 @@ class TurnManager:
             if reply.task.cancelled():
                 return  # barge-in or shutdown: handled by whoever cancelled it
             raise
-        except Exception:
-            log.exception("reply %d crashed", reply.id)
-            self.emit({"type": "error", "message": "the reply failed"})
+        except Exception as exc:
+            if _only_track_stopped(exc):  # the caller hung up mid-reply: a normal end
+                log.info("reply %d stopped: the call's audio track ended", reply.id)
+            else:
+                log.exception("reply %d crashed", reply.id)
+                self.emit({"type": "error", "message": "the reply failed"})
         if self._active is reply:
             self._active = None
             self._finish(reply, reply.heard_text(), interrupted=False)
@@ -284,6 +289,14 @@ class TurnManager:
         for watcher in list(self._watchers):
             watcher.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
+
+
+def _only_track_stopped(exc: BaseException) -> bool:
+    """`exc` is the outbound track refusing audio because it was stopped (aiortc stops it
+    when the peer connection closes), alone or as every leaf of an ExceptionGroup."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_track_stopped(e) for e in exc.exceptions)
+    return isinstance(exc, MediaStreamError)
 
 
 def _adopt(target: TurnMetrics, source: TurnMetrics) -> None:
