@@ -17,10 +17,10 @@ An accurate `Transcriber` (shared by all calls) may replace the streaming recogn
 `await transcriber.transcribe(utterance_pcm16)`.
 
 LLM: `complete(messages)` is an async iterator of text deltas, cancellable at any await
-(barge-in closes it with `aclose()`). An LLM that can call tools says so with
-`supports_tools = True` and also takes `complete(messages, tools=[ToolSpec, ...])`; its stream
-may then yield a `ToolCalls` item (the model's requested calls, whole) besides text. LLMs
-without the attribute are never passed `tools` and keep working unchanged.
+(barge-in closes it with `aclose()`). An LLM that can call tools also has
+`complete_with_tools(messages, tools)`, whose stream may yield one `ToolCalls` item (the
+model's requested calls, assembled) besides text deltas. LLMs without it are simply never
+offered tools and keep working unchanged.
 
 TTS: `synthesize(text)` is an async iterator of PCM chunks at `sample_rate_hz`, the first as
 soon as the engine has one.
@@ -180,22 +180,23 @@ class LLM(Protocol):
 
 
 class ToolLLM(Protocol):
-    """An LLM that can call tools (`supports_tools = True`): with `tools`, its stream yields
-    text deltas and, when the model asks for tools, one `ToolCalls` item."""
+    """An LLM that can call tools: with `tools` offered, its stream yields text deltas and,
+    when the model asks for tools, one `ToolCalls` item (after any text of that response)."""
 
     name: str
-    supports_tools: bool
 
-    def complete(
-        self, messages: Sequence[Message], tools: Sequence[ToolSpec] = ()
+    def complete(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]: ...
+
+    def complete_with_tools(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec]
     ) -> AsyncGenerator[str | ToolCalls, None]: ...
 
     async def aclose(self) -> None: ...
 
 
 def supports_tools(llm: object) -> bool:
-    """Whether `llm` takes `tools` and may yield `ToolCalls` (see ToolLLM)."""
-    return getattr(llm, "supports_tools", False) is True
+    """Whether `llm` can be offered tools (has `complete_with_tools`, see ToolLLM)."""
+    return callable(getattr(llm, "complete_with_tools", None))
 
 
 # --- TTS ----------------------------------------------------------------------------------
