@@ -454,3 +454,16 @@ async def run_call(
     ms = (clock.now() - t0) * 1000
     log.info("tool %s ran in %.0f ms", call.name, ms)
     return ToolOutcome(call, result_text(result), None, ms, ends_turn=found.ends_turn)
+
+
+# --- built-in tools -------------------------------------------------------------------------
+
+
+async def _end_call(call: CallControl) -> str:
+    """Hang up. Use it when the caller says goodbye or is done, in the same response as your
+    short farewell: the call ends once the farewell has been heard."""
+    call.end_call()
+    return "the call ends after your farewell"
+
+
+END_CALL = Tool(_end_call, name="end_call", ends_turn=True)
