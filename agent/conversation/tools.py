@@ -58,12 +58,18 @@ class ToolError(Exception):
 
 class CallControl:
     """What a tool may do to its call: read the offer's `context`, end the call after the
-    reply being spoken (`end_call()`)."""
+    reply being spoken (`end_call()`), say something later (`announce_after`, a timer)."""
 
-    def __init__(self, session_id: str = "", context: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        session_id: str = "",
+        context: Mapping[str, Any] | None = None,
+        announcer: Callable[[float, str], None] | None = None,
+    ) -> None:
         self.session_id = session_id
         self.context: Mapping[str, Any] = types.MappingProxyType(dict(context or {}))
         self.hangup = asyncio.Event()
+        self.announcer = announcer  # the session's: speaks text after a delay, when idle
 
     def end_call(self) -> None:
         """Hang up once the reply now being spoken (the farewell) has played."""
@@ -72,6 +78,13 @@ class CallControl:
     @property
     def ending(self) -> bool:
         return self.hangup.is_set()
+
+    def announce_after(self, delay_s: float, text: str) -> None:
+        """Say `text` in `delay_s` (once the agent is not speaking); ToolError if this call
+        cannot (no session behind it)."""
+        if self.announcer is None:
+            raise ToolError("this call cannot speak on its own")
+        self.announcer(delay_s, text)
 
 
 # --- schema from a signature ------------------------------------------------------------------
