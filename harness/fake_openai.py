@@ -26,7 +26,7 @@ class Text:
 @dataclass(frozen=True)
 class Call:
     name: str
-    arguments: dict[str, Any]
+    arguments: dict[str, Any] | str  # a str is sent as it is (malformed JSON, for tests)
     id: str = ""
 
 
@@ -55,7 +55,7 @@ def stream_chunks(response: Response, piece_chars: int = 7) -> list[bytes]:
             continue
         index = calls
         calls += 1
-        args = json.dumps(item.arguments)
+        args = item.arguments if isinstance(item.arguments, str) else json.dumps(item.arguments)
         first = {
             "index": index,
             "id": item.id or f"call_{index}_{item.name}",

@@ -23,6 +23,8 @@ PHRASES = (
     "Book a table for four on Friday at seven.",
     "Yes, that is right.",
     "Goodbye.",
+    "What time is it in Tokyo?",
+    "Set a timer for three seconds.",
 )
 
 
@@ -143,3 +145,30 @@ async def test_restaurant_books_with_confirmation_and_hangs_up(
     assert "call ended: agent hung up" in log
     system = fake.requests[0]["messages"][0]
     assert system["role"] == "system" and "Ada" in system["content"]
+
+
+async def test_builtin_tools_offline(tmp_path: Path, phrases: dict[str, Any]) -> None:
+    """No --agent, no LLM: the built-in responder drives the built-in tools."""
+    with run_server(tmp_path) as server:
+        caller = Caller(server.url)
+        try:
+            await caller.connect()
+            tokyo = await caller.say("tokyo", phrases["What time is it in Tokyo?"])
+            timer = await caller.say("timer", phrases["Set a timer for three seconds."])
+            t_set = caller.clock.now()
+            fired = await caller.wait_event(lambda d: bool(d.get("announcement")), t_set, 10)
+            await asyncio.sleep(1.5)  # the announcement is spoken
+            bye = await caller.say("bye", phrases["Goodbye."])
+            hangup = await caller.wait_event(lambda d: d.get("type") == "hangup", 0, 10)
+        finally:
+            await caller.close()
+        log = server.log()
+
+    assert tokyo.reply.startswith("It's ") and tokyo.reply.endswith(" in Tokyo."), tokyo.reply
+    assert timer.reply == "Timer set for 3 seconds."
+    assert fired is not None and fired.data["text"] == "Your 3 second timer is done."
+    assert fired.t - t_set < 4.5
+    assert bye.reply == "Goodbye! It was nice talking with you."
+    names = [e["name"] for e in tool_events(caller)]
+    assert names == ["time_in", "set_timer", "end_call"]
+    assert hangup is not None and "call ended: agent hung up" in log

@@ -282,3 +282,58 @@ async def test_a_retried_request_does_not_run_the_tools_again() -> None:
     assert runs == [1]
     assert [u.text for u in s.said()] == ["One."]
     assert llm.requests[2][-1] == Message(Role.TOOL, "1", tool_call_id="c1")
+
+
+# --- faults with a real streamed response (OpenAiLlm ← a local OpenAI-compatible server) ------
+
+
+async def test_bad_tool_calls_from_a_real_stream_get_a_bounded_spoken_outcome() -> None:
+    from agent.clock import MonotonicClock
+    from agent.engines.openai_llm import OpenAiLlm
+    from harness.fake_openai import Call, FakeOpenAi, Text, tool_results
+
+    @tool
+    async def lookup(order: str) -> str:
+        """Look up an order."""
+        return f"order {order} shipped"
+
+    def answer(body: dict[str, Any]) -> list[Text | Call]:
+        results = tool_results(body)
+        if not results:  # an unknown tool and malformed arguments in one response
+            return [Call("teleport", {"to": "Mars"}), Call("lookup", '{"order": "A7"')]
+        return [Call("lookup", {"order": "A7"})]  # right now, but it never stops asking
+
+    clock = MonotonicClock()
+    async with FakeOpenAi(answer) as fake:
+        llm = OpenAiLlm(fake.base_url, "m", None)
+        events: list[dict[str, Any]] = []
+        answerer = Answerer(
+            llm, clock, events.append, LlmTimeouts(), ChunkerConfig(), Toolbox([lookup])
+        )
+        units = Units()
+        messages = [Message(Role.SYSTEM, "s"), Message(Role.USER, "where is my order")]
+        try:
+            async with asyncio.timeout(10):
+                await answerer.answer(1, lambda: messages, TurnMetrics(turn=1), units)
+        finally:
+            await llm.aclose()
+    said = []
+    while (unit := units.get_nowait()) is not None:
+        said.append(unit)
+    assert said == [Say(TOOL_FAILED)], "a looping model ends the turn, spoken"
+    assert len(fake.requests) == MAX_TOOL_ROUNDS
+    errors = {
+        m["tool_call_id"]: json.loads(m["content"])["error"]
+        for m in fake.requests[1]["messages"]
+        if m["role"] == "tool"
+    }
+    assert sorted(errors.values()) == [
+        "bad arguments: the arguments are not valid JSON",
+        "there is no tool named 'teleport'",
+    ]
+    tools = [e for e in events if e["type"] == "tool"]
+    assert [e.get("error") for e in tools[:2]] == [
+        "there is no tool named 'teleport'",
+        "bad arguments: the arguments are not valid JSON",
+    ]
+    assert tools[2]["result"] == "order A7 shipped"
