@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from harness.fake_openai import Call, FakeOpenAi, Text, last_user, tool_results
@@ -67,6 +68,11 @@ async def test_hello_tool(tmp_path: Path, phrases: dict[str, Any]) -> None:
             try:
                 await caller.connect()
                 turn = await caller.say("secret", phrases[PHRASES[0]])
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.get(f"{server.url}/sessions/{caller.session_id}") as resp,
+                ):
+                    info = await resp.json()
             finally:
                 await caller.close()
 
@@ -89,6 +95,7 @@ async def test_hello_tool(tmp_path: Path, phrases: dict[str, Any]) -> None:
         "arguments": '{"language": "French"}',
     }
     assert {"secret_word", "end_call", "time_in"} <= offered(body)
+    assert info["tools"][-1]["name"] == "secret_word" and info["tools"][-1]["result"] == "phare"
     turn_event = caller.last_event("turn")
     assert turn_event["metrics"]["tool_ms"] is not None
 

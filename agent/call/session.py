@@ -13,6 +13,7 @@ whoever runs it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Hashable, Mapping
@@ -81,6 +82,7 @@ class Session:
         self.agent = engines.agent
         self.control = CallControl(session_id, context, announcer=self._announce_later)
         self.hung_up = False  # the agent ended the call (end_call)
+        self.tool_events: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
         self._announcements: set[asyncio.Task[None]] = set()
         if conversation is None:
             conversation = Conversation()
@@ -102,6 +104,8 @@ class Session:
         self.turns.on_mark_started(mark, t)
 
     def _emit(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "tool":
+            self.tool_events.append(event)  # the latest, for /sessions/{id}
         if self._stats is not None:
             self._stats.record_event(event)
         self.events.emit(event)
