@@ -478,7 +478,7 @@ SECTIONS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
                 doc="your agent (prompt, tools, hooks, maybe its own LLM): `path/to/file.py` or "
                 "`package.module`, `:name` picks the object (default `agent`); see "
                 "docs/agents.md",
-                default_doc="the built-in tools only",
+                default_doc="none: the built-in tools, for `--llm local` only",
             ),
             S(
                 "--system-prompt",

