@@ -68,6 +68,7 @@ VALUE_FIELDS = (
     "asr_pass_ms",
     "eou_silence_ms",
     "completeness",
+    "tool_ms",
 )
 
 
@@ -84,6 +85,8 @@ class TurnMetrics:
     llm_started: float | None = None
     llm_first_token: float | None = None
     llm_complete: float | None = None
+    tool_started: float | None = None  # the first tool call of the reply began
+    tool_complete: float | None = None  # the last one ended
     tts_started: float | None = None
     tts_first_chunk: float | None = None
     tts_complete: float | None = None
@@ -97,6 +100,7 @@ class TurnMetrics:
     asr_pass_ms: float | None = None  # ... and its compute time
     eou_silence_ms: float | None = None  # the silence that ended the turn
     completeness: str | None = None  # how complete the words sounded (completeness.py)
+    tool_ms: float | None = None  # time spent running tools in this reply (all rounds)
 
     def mark(self, name: str, t: float, overwrite: bool = False) -> None:
         """Record a stage time (the first one wins unless overwrite)."""
@@ -137,7 +141,7 @@ class TurnMetrics:
             t0, t1 = getattr(self, start), getattr(self, end)
             if t0 is not None and t1 is not None:
                 extra.append(f"{name}={(t1 - t0) * 1000:.0f}")
-        for name in ("asr_queue_wait_ms", "asr_pass_ms", "eou_silence_ms"):
+        for name in ("asr_queue_wait_ms", "asr_pass_ms", "eou_silence_ms", "tool_ms"):
             value = getattr(self, name)
             if value is not None:
                 extra.append(f"{name}={value:.0f}")

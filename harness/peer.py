@@ -125,9 +125,13 @@ class Caller:
         self._mark_signal = asyncio.Event()
 
     async def connect(
-        self, timeout_s: float = 20.0, resume: tuple[str, str] | None = None
+        self,
+        timeout_s: float = 20.0,
+        resume: tuple[str, str] | None = None,
+        context: dict[str, Any] | None = None,
     ) -> None:
-        """Place the call. `resume`: (session id, secret) of a dropped call to continue."""
+        """Place the call. `resume`: (session id, secret) of a dropped call to continue;
+        `context`: the offer's JSON object for the agent (docs/agents.md)."""
         t_start = self.clock.now()
         self.pc.addTransceiver(self.mic, direction="sendrecv")
         channel = self.pc.createDataChannel("events")
@@ -162,6 +166,8 @@ class Caller:
         }
         if resume is not None:
             offer["resume"] = {"session_id": resume[0], "session_secret": resume[1]}
+        if context is not None:
+            offer["context"] = context
         t_post = self.clock.now()
         async with (
             aiohttp.ClientSession() as http,

@@ -32,6 +32,7 @@ def session_info(call: Call) -> dict[str, object]:
         "turns": session.turns_total,
         "retracted": session.turns.retracted,
         "link": session.link.as_event() if session.link is not None else None,
+        "tools": list(session.tool_events),  # the latest tool calls and their outcomes
     }
 
 

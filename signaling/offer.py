@@ -1,6 +1,7 @@
 """Offer/answer endpoints: validate the offer, answer it, or say clearly what is wrong.
 
-    POST /offer   {"sdp": "...", "type": "offer"[, "resume": {"session_id", "session_secret"}]}
+    POST /offer   {"sdp": "...", "type": "offer"[, "resume": {"session_id", "session_secret"}]
+                   [, "context": {...}]}   (a JSON object of at most 4 KiB, for the agent)
                   →  200 {"sdp", "type": "answer", "session_id", "session_secret", "resumed"}
     POST /whip    application/sdp offer (WHIP, RFC 9725) →  201 application/sdp answer,
                   Location: /whip/{session_id}/{session_secret} (DELETE it to hang up)
@@ -45,6 +46,8 @@ from signaling.peers import (
 log = logging.getLogger(__name__)
 
 SUPPORTED_AUDIO_CODECS = frozenset({"opus", "pcmu", "pcma", "g722"})
+MAX_CONTEXT_BYTES = 4096  # the offer's `context` object, as compact JSON
+CONTEXT_KEY = "context"  # where parse_offer leaves it on the request
 
 
 class OfferError(Exception):
@@ -130,7 +133,21 @@ async def parse_offer(request: web.Request) -> tuple[RTCSessionDescription, Resu
     if kind != "offer":
         raise OfferError(400, "field 'type' must be 'offer'")
     check_offer_sdp(sdp)
+    request[CONTEXT_KEY] = parse_context(body)
     return RTCSessionDescription(sdp=sdp, type="offer"), parse_resume(body)
+
+
+def parse_context(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The offer's `context`: a JSON object for the agent's prompt and tools (or None)."""
+    context = body.get("context")
+    if context is None:
+        return None
+    if not isinstance(context, dict):
+        raise OfferError(400, "'context' must be a JSON object")
+    size = len(json.dumps(context, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_CONTEXT_BYTES:
+        raise OfferError(400, f"'context' is {size} bytes, over the {MAX_CONTEXT_BYTES} limit")
+    return context
 
 
 async def parse_whip_offer(request: web.Request) -> RTCSessionDescription:
@@ -249,7 +266,7 @@ async def _negotiate(
         registry.admit(client)
         if headroom is not None:
             check_headroom(headroom, registry, resume)
-        answer, call = await registry.open(offer, client, resume)
+        answer, call = await registry.open(offer, client, resume, request.get(CONTEXT_KEY))
     except OfferError as exc:
         log.info("offer rejected (%d): %s", exc.status, escape(exc))
         return json_error(exc.status, str(exc))

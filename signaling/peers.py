@@ -22,7 +22,9 @@ import contextlib
 import hmac
 import logging
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiortc import (
     RTCConfiguration,
@@ -206,7 +208,11 @@ class CallRegistry:
             self.admission.done_pending(live.id)
 
     async def open(
-        self, offer: RTCSessionDescription, client: str, resume: Resume | None = None
+        self,
+        offer: RTCSessionDescription,
+        client: str,
+        resume: Resume | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> tuple[RTCSessionDescription, Call]:
         """Answer an offer and start serving the call (call `admit` first).
 
@@ -227,7 +233,7 @@ class CallRegistry:
         # Before the peer connection exists: the tasks, timers and socket readers aiortc and
         # aioice create for it (and the call's own task) copy this context.
         with logctx.bound(call_id):
-            return await self._open(call_id, secret, offer, client, conversation)
+            return await self._open(call_id, secret, offer, client, conversation, context)
 
     async def _open(
         self,
@@ -236,11 +242,12 @@ class CallRegistry:
         offer: RTCSessionDescription,
         client: str,
         conversation: Conversation | None,
+        context: Mapping[str, Any] | None = None,
     ) -> tuple[RTCSessionDescription, Call]:
         """`open`, under the call's id: the peer connection, the answer, the call's task."""
         pc = RTCPeerConnection(self._rtc_configuration())
         session = Session(
-            call_id, self.config.agent, self.engines, self.clock, self.stats, conversation
+            call_id, self.config.agent, self.engines, self.clock, self.stats, conversation, context
         )
         call = Call(
             call_id,
@@ -399,7 +406,8 @@ class CallRegistry:
                     break
             if session.done():
                 session.result()  # raises what the session raised
-                call.end_reason = "caller hung up"  # the inbound track ended
+                # The inbound track ended, or the agent ended the call (end_call).
+                call.end_reason = "agent hung up" if call.session.hung_up else "caller hung up"
         finally:
             call.closing = True  # from here on it is ending: later end() calls are no-ops
             session.cancel()

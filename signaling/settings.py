@@ -525,6 +525,18 @@ SECTIONS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
                 "OpenAI-compatible `/v1/chat/completions` stream (see the variables below)",
             ),
             S(
+                "--agent",
+                "agent.agent_spec",
+                "your agent: path/to/file.py[:name] or package.module[:name] (docs/agents.md)",
+                kind=TEXT,
+                default="",
+                to=_none_if_empty,
+                doc="your agent (prompt, tools, hooks, maybe its own LLM): `path/to/file.py` or "
+                "`package.module`, `:name` picks the object (default `agent`); see "
+                "docs/agents.md",
+                default_doc="none: the built-in tools, for `--llm local` only",
+            ),
+            S(
                 "--system-prompt",
                 "agent.system_prompt",
                 "LLM system prompt; empty: a short voice-assistant prompt",

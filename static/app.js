@@ -341,7 +341,8 @@ function onEvent(c, ev) {
       if (String(ev.text ?? '').trim()) armLatency(c);
       break;
     case 'reply': {
-      const [, caption] = agentCaption(c, ev.turn);
+      // An announcement (a timer firing) is a caption of its own, outside any turn.
+      const [, caption] = agentCaption(c, ev.announcement ? `a${rb.events.length}` : ev.turn);
       const piece = String(ev.text ?? '').trim();
       if (piece) updateCaption(caption, caption.text ? `${caption.text} ${piece}` : piece, false);
       scrollDown();
@@ -355,6 +356,18 @@ function onEvent(c, ev) {
       break;
     }
     case 'turn': onTurn(c, ev); break;
+    case 'tool': {
+      const outcome = ev.error != null ? `failed: ${ev.error}` : String(ev.result ?? '');
+      const args = JSON.stringify(ev.arguments ?? {});
+      const ms = Math.round(Number(ev.ms) || 0);
+      ui.transcript.append(el('p', 'tool', `${ev.name}(${args}) → ${outcome.slice(0, 200)} · ${ms} ms`));
+      scrollDown();
+      break;
+    }
+    case 'hangup':
+      divider('The agent ended the call');
+      setTimeout(() => { if (call === c) hangUp('The agent ended the call', { notify: false }); }, 300);
+      break;
     case 'error': showError(ev.message || 'The agent reported an error.'); break;
     case 'link':
       rb.stats.agent = describeLink(ev, c.lastLink);

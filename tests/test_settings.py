@@ -35,7 +35,7 @@ FLAGS = """
 --asr-max-decoders --turn-end --eou-complete-ms --eou-incomplete-ms --min-speech-ms --eou-silence-ms --speculate-ms
 --no-speculation --greeting --system-prompt --budgets --slow-turn-ms --receive-path
 --jitter-min-ms --jitter-max-ms --opus-bitrate --opus-loss-pct --log-level --workers
---session-id-prefix --agent-check-port
+--session-id-prefix --agent-check-port --agent
 """.split()
 
 
@@ -58,7 +58,7 @@ def test_the_reference_is_generated_from_the_declarations() -> None:
 
 def test_every_flag_keeps_its_name_and_its_variable() -> None:
     assert sorted(s.flag for s in SETTINGS) == sorted(FLAGS)
-    assert len(FLAGS) == 68
+    assert len(FLAGS) == 69
     for s in SETTINGS:
         assert s.env == "RINGBACK_" + s.flag.removeprefix("--").replace("-", "_").upper()
     actions = argparse.ArgumentParser()

@@ -34,6 +34,7 @@ class AgentConfig:
     llm_breaker: BreakerConfig = field(default_factory=BreakerConfig)
     tts: TtsPoolConfig = field(default_factory=TtsPoolConfig)
     system_prompt: str | None = None
+    agent_spec: str | None = None  # --agent: file.py[:name] or package.module[:name]
     receive_path: str = "ringback"  # ringback: own jitter buffer + Opus PLC/FEC | aiortc
     jitter: JitterConfig = field(default_factory=JitterConfig)
     opus_send: OpusSendConfig = field(default_factory=OpusSendConfig)

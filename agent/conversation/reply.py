@@ -146,7 +146,8 @@ class Reply:
         s = self._s
         units: Units = asyncio.Queue(maxsize=4)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(s.answerer.answer(self.id, self._messages, self.metrics, units))
+            answer = s.answerer.answer(self.id, self._messages, self.metrics, units, self.committed)
+            tg.create_task(answer)
             tg.create_task(self._speak(units))
         await self.committed.wait()
         s.sink.end_stream()

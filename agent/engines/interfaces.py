@@ -17,7 +17,10 @@ An accurate `Transcriber` (shared by all calls) may replace the streaming recogn
 `await transcriber.transcribe(utterance_pcm16)`.
 
 LLM: `complete(messages)` is an async iterator of text deltas, cancellable at any await
-(barge-in closes it with `aclose()`).
+(barge-in closes it with `aclose()`). An LLM that can call tools also has
+`complete_with_tools(messages, tools)`, whose stream may yield one `ToolCalls` item (the
+model's requested calls, assembled) besides text deltas. LLMs without it are simply never
+offered tools and keep working unchanged.
 
 TTS: `synthesize(text)` is an async iterator of PCM chunks at `sample_rate_hz`, the first as
 soon as the engine has one.
@@ -25,10 +28,10 @@ soon as the engine has one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.audio import Pcm16
 from agent.engines.priority import Urgency
@@ -107,15 +110,68 @@ class Role(StrEnum):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call the model asked for; `arguments` is the JSON text exactly as it sent it."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass(frozen=True)
+class ToolCalls:
+    """What a tool-capable LLM's stream yields when the model asks for tools (all of one
+    response's calls, assembled)."""
+
+    calls: tuple[ToolCall, ...]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool as the model is told about it: `parameters` is a JSON schema object."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": dict(self.parameters),
+            },
+        }
 
 
 @dataclass(frozen=True)
 class Message:
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant message asking for tools
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
-    def as_dict(self) -> dict[str, str]:
-        return {"role": str(self.role), "content": self.content}
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": str(self.role), "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [c.as_dict() for c in self.tool_calls]
+            if not self.content:
+                out["content"] = None  # what the API expects of a tool-calls-only message
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 class LLM(Protocol):
@@ -124,6 +180,26 @@ class LLM(Protocol):
     def complete(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]: ...
 
     async def aclose(self) -> None: ...
+
+
+class ToolLLM(Protocol):
+    """An LLM that can call tools: with `tools` offered, its stream yields text deltas and,
+    when the model asks for tools, one `ToolCalls` item (after any text of that response)."""
+
+    name: str
+
+    def complete(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]: ...
+
+    def complete_with_tools(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec]
+    ) -> AsyncGenerator[str | ToolCalls, None]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def supports_tools(llm: object) -> bool:
+    """Whether `llm` can be offered tools (has `complete_with_tools`, see ToolLLM)."""
+    return callable(getattr(llm, "complete_with_tools", None))
 
 
 # --- TTS ----------------------------------------------------------------------------------

@@ -3,16 +3,23 @@
 It answers the time and date, greetings, what it can do, simple arithmetic, thanks and
 goodbyes, tells a (long) story on request, and otherwise reflects what it heard. Replies are
 streamed word by word like a real LLM so the rest of the pipeline is exercised the same way.
+
+Offered tools (`complete_with_tools`), it drives them the way a model would, through the same
+interface: "goodbye" says farewell and calls `end_call`, "what time is it in Tokyo" calls
+`time_in`, "set a timer for ten seconds" calls `set_timer`; the next request, carrying the
+results, is answered by saying them (an error: "Sorry, I couldn't check that.").
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import itertools
+import json
 import re
 from collections.abc import AsyncGenerator, Callable, Sequence
 
-from agent.engines.interfaces import Message, Role
+from agent.engines.interfaces import Message, Role, ToolCall, ToolCalls, ToolSpec
 
 _NUMBERS = {
     w: i
@@ -100,6 +107,46 @@ def respond(text: str, now: datetime.datetime) -> str:
     return f"You said: {text.strip().rstrip('.?!')}. Tell me more, or ask me what I can do."
 
 
+FAREWELL = "Goodbye! It was nice talking with you."
+TOOL_ERROR_REPLY = "Sorry, I couldn't check that."
+_UNITS_S = {"second": 1, "seconds": 1, "minute": 60, "minutes": 60}
+
+
+def tool_intent(text: str, offered: set[str]) -> tuple[str, list[ToolCall]]:
+    """What to say first and which offered tools to call for `text` ("", [] when none fits)."""
+    t = " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
+    words = set(t.split())
+    ids = (f"local_{i}" for i in itertools.count())
+    if "end_call" in offered and words & {"bye", "goodbye"}:
+        return FAREWELL, [ToolCall(next(ids), "end_call", "{}")]
+    m = re.search(r"\btime (?:is it |now )?in ([a-z' ]+)$", t)
+    if "time_in" in offered and m:
+        city = m.group(1).strip()
+        return "", [ToolCall(next(ids), "time_in", json.dumps({"city": city}))]
+    m = re.search(r"timer (?:for )?(\w+) (seconds?|minutes?)", t)
+    if "set_timer" in offered and m and (n := _number(m.group(1))) is not None:
+        seconds = n * _UNITS_S[m.group(2)]
+        return "", [ToolCall(next(ids), "set_timer", json.dumps({"seconds": seconds}))]
+    return "", []
+
+
+def say_results(results: Sequence[Message]) -> str:
+    """The tool results of the last round, as a reply."""
+    said = []
+    for m in results:
+        try:
+            data = json.loads(m.content)
+        except ValueError:
+            data = m.content
+        if isinstance(data, dict) and "error" in data:
+            said.append(TOOL_ERROR_REPLY)
+        elif isinstance(data, str):
+            said.append(data if data != "done" else "Done.")
+        else:
+            said.append("Done.")
+    return " ".join(dict.fromkeys(said)) or "Done."
+
+
 class LocalLlm:
     """Rule-based responder behind the LLM interface (streams one word at a time)."""
 
@@ -115,7 +162,29 @@ class LocalLlm:
 
     async def complete(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]:
         last_user = next((m.content for m in reversed(messages) if m.role == Role.USER), "")
-        reply = respond(last_user, self._now())
+        async for word in self._words(respond(last_user, self._now())):
+            yield word
+
+    async def complete_with_tools(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec]
+    ) -> AsyncGenerator[str | ToolCalls, None]:
+        """As a model would: tool calls for the requests it knows, their results said."""
+        results = list(itertools.takewhile(lambda m: m.role == Role.TOOL, reversed(messages)))
+        if results:
+            async for word in self._words(say_results(results[::-1])):
+                yield word
+            return
+        last_user = next((m.content for m in reversed(messages) if m.role == Role.USER), "")
+        first, calls = tool_intent(last_user, {t.name for t in tools})
+        if not calls:
+            first = respond(last_user, self._now())
+        if first:
+            async for word in self._words(first):
+                yield word
+        if calls:
+            yield ToolCalls(tuple(calls))
+
+    async def _words(self, reply: str) -> AsyncGenerator[str, None]:
         for i, word in enumerate(reply.split(" ")):
             await asyncio.sleep(self._token_delay_s)
             yield word if i == 0 else " " + word

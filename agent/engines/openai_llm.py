@@ -1,7 +1,21 @@
-"""LLM engine that streams replies from any OpenAI-compatible `/chat/completions` endpoint."""
+"""LLM engine that streams replies from any OpenAI-compatible `/chat/completions` endpoint.
+
+With tools (`complete_with_tools`) the request carries `tools`, and the streamed `tool_calls`
+deltas (an `index` per call; its `id` and function `name` in the first piece, the JSON
+`arguments` spread over many) are assembled by `ToolCallAssembler` and yielded as one
+`ToolCalls` item after the response's text.
+
+Why this hand-written client and not the official `openai` SDK: measured against a local
+OpenAI-compatible aiohttp server (bench/llm_client_ttft.py), this client reaches the first
+token sooner: p50 0.7-0.8 ms against the SDK's 2.6-6.9 ms (p99 5-9 vs 11-20 ms), and the SDK
+would add httpx, pydantic and anyio to the server's dependencies, a second HTTP stack beside
+aiohttp. What the SDK would have given us, the tool-call delta assembly, is the small pure
+class below.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from agent.engines.interfaces import EngineError, Message
+from agent.engines.interfaces import EngineError, Message, ToolCall, ToolCalls, ToolSpec
 from agent.engines.sse import SseParser
 
 log = logging.getLogger(__name__)
@@ -91,6 +105,21 @@ class OpenAiLlm:
         Closing the generator early (`aclose()`) closes the HTTP response, which drops the
         connection so the server stops generating.
         """
+        async with contextlib.aclosing(self._stream(messages, ())) as stream:
+            async for item in stream:
+                if isinstance(item, str):
+                    yield item
+
+    def complete_with_tools(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec]
+    ) -> AsyncGenerator[str | ToolCalls, None]:
+        """Like `complete`, with `tools` offered: the model's tool calls, once the response
+        has ended, come as one `ToolCalls` item."""
+        return self._stream(messages, tools)
+
+    async def _stream(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec]
+    ) -> AsyncGenerator[str | ToolCalls, None]:
         payload: dict[str, Any] = {
             "model": self.model,
             "messages": [m.as_dict() for m in messages],
@@ -98,11 +127,14 @@ class OpenAiLlm:
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
+        if tools:
+            payload["tools"] = [t.as_dict() for t in tools]
         headers = {"Accept": "text/event-stream"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         session = self._get_session()
         log.debug("POST %s model=%s messages=%d", self.url, self.model, len(messages))
+        calls = ToolCallAssembler()
         try:
             async with session.post(
                 self.url, json=payload, headers=headers, timeout=self._timeout
@@ -118,7 +150,7 @@ class OpenAiLlm:
                         retryable=False,
                     )
                 parser = SseParser()
-                finished = False
+                finished = done = False
                 async for chunk in resp.content.iter_any():
                     try:
                         events = parser.feed(chunk)
@@ -127,17 +159,21 @@ class OpenAiLlm:
                     for event in events:
                         if event.data.strip() == "[DONE]":
                             log.debug("stream from %s finished", self.url)
-                            return
-                        delta, done = _parse_chunk(event.event, event.data)
-                        finished = finished or done
+                            done = True
+                            break
+                        delta, ended = _parse_chunk(event.event, event.data, calls)
+                        finished = finished or ended
                         if delta:
                             yield delta
-                if not finished:
+                    if done:
+                        break
+                if not (done or finished):
                     raise EngineError(
                         f"stream from {self.url} ended before the reply was complete",
                         retryable=True,
                     )
-                log.debug("stream from %s ended without [DONE] after finish_reason", self.url)
+                if not done:
+                    log.debug("stream from %s ended without [DONE] after finish_reason", self.url)
         except aiohttp.ClientResponseError as exc:
             # Only reached with a caller-supplied session that has raise_for_status set.
             raise _classify_status(exc.status, exc.message, retry_after=None) from exc
@@ -153,6 +189,8 @@ class OpenAiLlm:
             ) from exc
         except aiohttp.ClientError as exc:
             raise EngineError(f"connection to {self.url} failed: {exc!r}", retryable=True) from exc
+        if calls:
+            yield calls.result()
 
     async def aclose(self) -> None:
         """Close the HTTP session if this engine created it; a caller's session is left open."""
@@ -161,9 +199,52 @@ class OpenAiLlm:
             await session.close()
 
 
-def _parse_chunk(event_type: str, data: str) -> tuple[str | None, bool]:
+class ToolCallAssembler:
+    """Streamed `tool_calls` deltas → whole calls (pure). Each delta names its call by
+    `index`; the first piece of a call carries its `id` and function `name`, the `arguments`
+    JSON text arrives in pieces to be concatenated. Some servers omit `index` when there is
+    one call, or send each call whole: both work."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, str]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._calls)
+
+    def feed(self, deltas: object) -> None:
+        if not isinstance(deltas, list):
+            raise EngineError(f"unexpected tool_calls in stream chunk: {_excerpt(str(deltas))}")
+        for position, delta in enumerate(deltas):
+            if not isinstance(delta, dict):
+                raise EngineError(f"unexpected tool call delta: {_excerpt(str(delta))}")
+            index = delta.get("index", position)
+            if not isinstance(index, int):
+                raise EngineError(f"tool call delta without an integer index: {index!r}")
+            call = self._calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+            if isinstance(delta.get("id"), str) and delta["id"]:
+                call["id"] = delta["id"]
+            function = delta.get("function")
+            if isinstance(function, dict):
+                if isinstance(function.get("name"), str):
+                    call["name"] += function["name"]
+                if isinstance(function.get("arguments"), str):
+                    call["arguments"] += function["arguments"]
+
+    def result(self) -> ToolCalls:
+        calls = []
+        for index in sorted(self._calls):
+            c = self._calls[index]
+            if not c["name"]:
+                raise EngineError(f"tool call {index} came without a function name")
+            calls.append(ToolCall(c["id"] or f"call_{index}", c["name"], c["arguments"]))
+        return ToolCalls(tuple(calls))
+
+
+def _parse_chunk(
+    event_type: str, data: str, calls: ToolCallAssembler | None = None
+) -> tuple[str | None, bool]:
     """The text delta in one streamed chunk (None if it carries none), and whether the chunk
-    says the reply is finished (a `finish_reason`)."""
+    says the reply is finished (a `finish_reason`). Tool-call pieces go to `calls`."""
     if event_type == "error":
         raise EngineError(f"server sent an error event: {_excerpt(data)}", retryable=True)
     try:
@@ -186,6 +267,8 @@ def _parse_chunk(event_type: str, data: str) -> tuple[str | None, bool]:
     delta = choices[0].get("delta")
     if not isinstance(delta, dict):
         return None, finished
+    if delta.get("tool_calls") is not None and calls is not None:
+        calls.feed(delta["tool_calls"])
     content = delta.get("content")
     return (content if isinstance(content, str) else None), finished
 
