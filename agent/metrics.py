@@ -68,6 +68,7 @@ VALUE_FIELDS = (
     "asr_pass_ms",
     "eou_silence_ms",
     "completeness",
+    "tts_first_class",
 )
 
 
@@ -97,6 +98,9 @@ class TurnMetrics:
     asr_pass_ms: float | None = None  # ... and its compute time
     eou_silence_ms: float | None = None  # the silence that ended the turn
     completeness: str | None = None  # how complete the words sounded (completeness.py)
+    # The TTS class of the reply's first unit when its first audio came (priority.py):
+    # first_audio (waited on the critical path) or speculative (made in the pause).
+    tts_first_class: str | None = None
 
     def mark(self, name: str, t: float, overwrite: bool = False) -> None:
         """Record a stage time (the first one wins unless overwrite)."""
@@ -143,6 +147,8 @@ class TurnMetrics:
                 extra.append(f"{name}={value:.0f}")
         if self.completeness is not None:
             extra.append(f"completeness={self.completeness}")
+        if self.tts_first_class is not None:
+            extra.append(f"tts_class={self.tts_first_class}")
         extra.append(f"speculative={'yes' if self.speculative else 'no'}")
         return " ".join(stages) + "; " + " ".join(extra)
 

@@ -14,6 +14,7 @@ from agent.clock import FakeClock
 from agent.conversation.history import Conversation
 from agent.conversation.turns import FALLBACK_REPLY, FILLER, State, TurnConfig, TurnManager
 from agent.engines.interfaces import EngineError, Message, Role
+from agent.engines.priority import Priority, Urgency
 from agent.metrics import TurnMetrics
 
 CHUNK = 4800  # 100 ms at 48 kHz
@@ -68,10 +69,18 @@ class ScriptedTts:
         self.fail_on = fail_on
         self.texts: list[str] = []
         self.closed = 0
+        self.urgencies: list[tuple[Priority, Urgency]] = []  # (class when asked, the object)
+        self.hold: dict[str, asyncio.Event] = {}  # text → synthesis waits for this event
 
-    async def synthesize(self, text: str) -> AsyncGenerator[Pcm16, None]:
+    async def synthesize(
+        self, text: str, *, urgency: Urgency | None = None
+    ) -> AsyncGenerator[Pcm16, None]:
         self.texts.append(text)
+        if urgency is not None:
+            self.urgencies.append((urgency.priority, urgency))
         try:
+            if text in self.hold:
+                await self.hold[text].wait()
             if (self.fail_on is not None and self.fail_on in text) or (
                 len(self.texts) <= self.fail_first
             ):
@@ -407,3 +416,55 @@ async def test_tts_is_read_ahead_so_a_shared_worker_is_free_before_playback_ends
     await rig.play_all()
     (turn,) = rig.of_type("turn")
     assert turn["reply"] == "One two three."
+
+
+async def test_tts_requests_carry_their_class() -> None:
+    """A speculative first unit asks as SPECULATIVE and is raised to FIRST_AUDIO by the
+    commit; a committed reply's first unit asks as FIRST_AUDIO, later units as READ_AHEAD."""
+    rig = Rig(ScriptedLlm(), ScriptedTts())
+    await rig.tm.on_speech_start()
+    await rig.tm.on_pause("what time is it", rig.metrics())
+    await rig.settle()
+    ((asked, first),) = rig.tts.urgencies
+    assert asked == Priority.SPECULATIVE and first.priority == Priority.SPECULATIVE
+    await rig.tm.on_final("What time is it?", rig.metrics())
+    assert first.priority == Priority.FIRST_AUDIO
+    await rig.play_all()
+    assert [a for a, _ in rig.tts.urgencies] == [Priority.SPECULATIVE, Priority.READ_AHEAD]
+    (turn,) = rig.of_type("turn")
+    assert turn["metrics"]["tts_first_class"] == "speculative"  # made in the pause
+
+    rig = Rig(ScriptedLlm(), ScriptedTts())
+    await rig.tm.on_speech_start()
+    await rig.tm.on_final("What time is it?", rig.metrics())
+    await rig.play_all()
+    assert [a for a, _ in rig.tts.urgencies] == [Priority.FIRST_AUDIO, Priority.READ_AHEAD]
+    (turn,) = rig.of_type("turn")
+    assert turn["metrics"]["tts_first_class"] == "first_audio"
+
+
+async def test_a_read_ahead_the_listener_reaches_is_raised_to_first_audio() -> None:
+    """The second unit is still not synthesized when the audio before it has played out:
+    the listener would hear a gap, so it becomes FIRST_AUDIO (not before)."""
+    tts = ScriptedTts(chunks_per_unit=10)  # 1 s of audio in the first unit
+    tts.hold["Anything else?"] = asyncio.Event()
+    rig = Rig(ScriptedLlm(), tts)
+    await rig.tm.on_speech_start()
+    await rig.tm.on_final("What time is it?", rig.metrics())
+    for _ in range(6):  # 0.6 s of the first unit played: 0.4 s still ahead
+        await rig.settle()
+        rig.sink.play(CHUNK)
+    await rig.settle()
+    (_, ahead) = tts.urgencies[1]
+    assert ahead.priority == Priority.READ_AHEAD
+    await rig.clock.advance(0.1)  # 0.3 s of audio ahead by the track's pace: not yet
+    assert ahead.priority == Priority.READ_AHEAD
+    for _ in range(4):
+        await rig.settle()
+        rig.sink.play(CHUNK)
+    await rig.clock.advance(0.2)  # the deadline: 0.2 s before the audio ahead runs out
+    assert ahead.priority == Priority.FIRST_AUDIO
+    tts.hold["Anything else?"].set()
+    await rig.play_all()
+    (turn,) = rig.of_type("turn")
+    assert turn["reply"] == "It's noon. Anything else?"

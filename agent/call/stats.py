@@ -124,8 +124,9 @@ class ServerStats:
         self.queue_wait = Histogram(
             "ringback_engine_queue_wait_seconds",
             "Wait for a shared engine: whisper (queued before the accurate pass starts), tts "
-            "(a sentence's request to its first audio, queue and synthesis).",
-            ["engine"],
+            "(a reply's first sentence: request to first audio, queue and synthesis), by the "
+            "class of the work (agent/engines/priority.py).",
+            ["engine", "class"],
             buckets=SHORT_BUCKETS,
             registry=r,
         )
@@ -149,8 +150,9 @@ class ServerStats:
             self.link_frames.labels(k)
         for k in PACKET_KINDS:
             self.link_packets.labels(k)
-        self.queue_wait.labels("whisper")
-        self.queue_wait.labels("tts")
+        self.queue_wait.labels("whisper", "turn_final")
+        for k in ("first_audio", "speculative"):
+            self.queue_wait.labels("tts", k)
         self._recent: dict[str, collections.deque[float]] = {
             stage: collections.deque(maxlen=window) for stage in (*STAGES, *HEARING)
         }
@@ -212,10 +214,12 @@ class ServerStats:
                 hist.observe(max(0.0, value) / 1000)
         wait = metrics.get("asr_queue_wait_ms")
         if isinstance(wait, float):
-            self.queue_wait.labels("whisper").observe(max(0.0, wait) / 1000)
+            self.queue_wait.labels("whisper", "turn_final").observe(max(0.0, wait) / 1000)
         asked, first = metrics.get("tts_started_ms"), metrics.get("tts_first_chunk_ms")
         if isinstance(asked, float) and isinstance(first, float):  # the reply's first sentence
-            self.queue_wait.labels("tts").observe(max(0.0, first - asked) / 1000)
+            tts_class = metrics.get("tts_first_class")
+            tts_class = tts_class if isinstance(tts_class, str) else "first_audio"
+            self.queue_wait.labels("tts", tts_class).observe(max(0.0, first - asked) / 1000)
 
     def record_link_report(self, link: Mapping[str, object]) -> None:
         """A periodic `link` report of a call in progress."""

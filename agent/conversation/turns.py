@@ -44,6 +44,7 @@ from agent.conversation.chunker import Chunker, ChunkerConfig
 from agent.conversation.history import Conversation
 from agent.engines.breaker import GuardedLlm, LlmChain
 from agent.engines.interfaces import LLM, TTS, EngineError
+from agent.engines.priority import Priority, Urgency
 from agent.metrics import DEFAULT_BUDGETS_MS, VALUE_FIELDS, TurnMetrics
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class _Unit:
     complete: bool = False
     failed: bool = False
     filler: bool = False
+    urgency: Urgency = field(default_factory=lambda: Urgency(Priority.READ_AHEAD))
 
 
 def normalize(text: str) -> str:
@@ -151,6 +153,8 @@ class Reply:
 
     def commit(self) -> None:
         self.committed.set()
+        if self.units:  # the first unit, synthesized speculatively, is now on the critical path
+            self.units[0].urgency.raise_to(Priority.FIRST_AUDIO)
 
     def stop(self) -> None:
         """Stop queueing audio at once. Cancelling the task takes a loop iteration or two to
@@ -339,6 +343,9 @@ class Reply:
                 await self.committed.wait()
             text = say.text
             unit = _Unit((self.id, index), text, filler=say.filler)
+            if index == 0:
+                first = Priority.FIRST_AUDIO if self.committed.is_set() else Priority.SPECULATIVE
+                unit.urgency.priority = first
             self.units.append(unit)
             index += 1
             self.metrics.mark("tts_started", clock.now())
@@ -365,14 +372,26 @@ class Reply:
         m, clock = self._m, self._m.clock
         chunks: asyncio.Queue[Pcm16 | BaseException | None] = asyncio.Queue()  # one unit's audio
         reader = asyncio.get_running_loop().create_task(
-            _read_ahead(m.tts, unit.text, chunks), name=f"tts-read-{self.id}"
+            _read_ahead(m.tts, unit.text, chunks, unit.urgency), name=f"tts-read-{self.id}"
         )
         try:
             pending: list[Pcm16] = []
+            if unit.urgency.priority == Priority.READ_AHEAD:
+                # Raise it to first audio when the audio before it has (nearly) played out:
+                # the listener would hear a gap.
+                ahead_s = sum(
+                    max(0, u.samples - m.sink.played_samples(u.mark)) for u in self.units
+                ) / OUT_RATE_HZ
+                with contextlib.suppress(TimeoutError):
+                    async with clock.timeout(max(0.0, ahead_s - 0.2)):
+                        await asyncio.shield(reader)
+                unit.urgency.raise_to(Priority.FIRST_AUDIO)
             while (pcm := await chunks.get()) is not None:
                 if isinstance(pcm, BaseException):
                     raise pcm
                 self.metrics.mark("tts_first_chunk", clock.now())
+                if self.metrics.tts_first_class is None:
+                    self.metrics.tts_first_class = unit.urgency.priority.label
                 unit.samples += pcm.size
                 if not self.committed.is_set():
                     pending.append(pcm)
@@ -391,12 +410,15 @@ class Reply:
 
 
 async def _read_ahead(
-    tts: TTS, text: str, chunks: asyncio.Queue[Pcm16 | BaseException | None]
+    tts: TTS,
+    text: str,
+    chunks: asyncio.Queue[Pcm16 | BaseException | None],
+    urgency: Urgency | None = None,
 ) -> None:
     """The whole synthesis of `text` into `chunks` (unbounded: one sentence or so of
     audio), then None; an engine error goes into the queue instead, for the player to raise."""
     try:
-        async with contextlib.aclosing(tts.synthesize(text)) as audio:
+        async with contextlib.aclosing(tts.synthesize(text, urgency=urgency)) as audio:
             async for pcm in audio:
                 chunks.put_nowait(pcm)
     except Exception as exc:
@@ -641,7 +663,7 @@ def _adopt(target: TurnMetrics, source: TurnMetrics) -> None:
         if value is not None:
             target.mark(name, value, overwrite=True)
     for name in VALUE_FIELDS:
-        if name not in ("turn", "speculative"):
+        if name not in ("turn", "speculative", "tts_first_class"):
             setattr(target, name, getattr(source, name))
 
 

@@ -31,6 +31,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from agent.audio import Pcm16
+from agent.engines.priority import Urgency
 
 
 class EngineError(Exception):
@@ -129,4 +130,9 @@ class TTS(Protocol):
     name: str
     sample_rate_hz: int
 
-    def synthesize(self, text: str) -> AsyncGenerator[Pcm16, None]: ...
+    def synthesize(
+        self, text: str, *, urgency: Urgency | None = None
+    ) -> AsyncGenerator[Pcm16, None]:
+        """`urgency`: how soon it is needed (priority.py); an engine without a shared queue
+        may ignore it."""
+        ...
