@@ -117,14 +117,17 @@ async def test_waiting_requests_are_served_by_class_then_in_order() -> None:
     counts (a speculative reply committed)."""
     async with synthesizer(config=config(1)) as pool:
         order: list[str] = []
+        dispatched: list[str] = []  # the classes the pool reports waits for, in order
+        pool.on_queue_wait = lambda priority, wait_s: dispatched.append(priority.label)
 
-        async def request(name: str, urgency: Urgency) -> None:
-            stream = pool.synthesize(f"{name}.", urgency=urgency)
+        async def request(name: str, urgency: Urgency, text: str = "") -> None:
+            stream = pool.synthesize(text or f"{name}.", urgency=urgency)
             async with contextlib.aclosing(stream):
                 await anext(stream)
                 order.append(name)
 
-        busy = asyncio.create_task(request("Busy", Urgency(Priority.FIRST_AUDIO)))
+        # Long enough that every other request arrives while it is served.
+        busy = asyncio.create_task(request("Busy", Urgency(Priority.FIRST_AUDIO), LONG))
         await running(pool, 1)
         committed = Urgency(Priority.SPECULATIVE)
         plan = [
@@ -142,6 +145,8 @@ async def test_waiting_requests_are_served_by_class_then_in_order() -> None:
         await asyncio.gather(busy, *tasks)
         assert pool.preemptions == 0
     assert order == ["Busy", "Four", "Two", "Five", "One", "Three"]
+    assert dispatched == ["first_audio", "first_audio", "speculative", "speculative",
+                          "read_ahead", "read_ahead"]  # fmt: skip
 
 
 async def test_a_waiting_request_leaves_the_queue_at_once() -> None:

@@ -8,7 +8,8 @@ The first unit of a reply is the one the listener waits for, and piper synthesiz
 one piece (its time grows with the length: ~4 ms a character on an idle core, 0.35 s for an
 80-character sentence, several times that on a loaded machine). So the first unit is cut
 short: at a clause break once it has `first_clause_min_chars`, before a conjunction once it has
-`first_min_words` words, and at the last word boundary within `first_max_chars` (60: about 12
+`first_min_words` words, and within `first_max_chars` before the last preposition (else at the
+last word boundary) that leaves it `first_min_words` words (60 characters: about 12
 words, ~0.25 s of synthesis idle, ~3-4 s of speech, which covers the synthesis of the next
 unit even on a loaded machine). Four words is about the shortest phrase that still sounds like
 a phrase before a conjunction; a comma is a natural pause already, so 12 characters do there.
@@ -27,7 +28,14 @@ _ABBREVIATIONS = frozenset(
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*\s")
 _CLAUSE_END = re.compile(r"[,;:—–]\s")
 # A conjunction a first unit may be cut before (the space before it ends the unit).
-_CONJUNCTION = re.compile(r"\s(?=(?:and|but|or|so|because|while|which|then|if)\s)", re.IGNORECASE)
+_CONJUNCTION = re.compile(
+    r"\s(?=(?:and|but|or|so|because|while|when|whenever|although|though|until|which|then|if)\s)",
+    re.IGNORECASE,
+)
+# Where a first unit that must be cut for length reads best: before a preposition.
+_PREPOSITION = re.compile(
+    r"\s(?=(?:on|in|at|to|for|with|from|of|about|into|after|before|near|by)\s)", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,14 @@ class Chunker:
         if cut is not None and len(buf[:cut].rstrip()) <= max_chars:
             return cut
         if len(buf) > max_chars:
+            if first:
+                phrase = [
+                    m.end()
+                    for m in _PREPOSITION.finditer(buf, 0, max_chars + 1)
+                    if len(buf[: m.start()].split()) >= cfg.first_min_words
+                ]
+                if phrase:
+                    return phrase[-1]
             space = buf.rfind(" ", 0, max_chars + 1)
             return space + 1 if space > 0 else max_chars
         return None

@@ -14,7 +14,8 @@ request (READ_AHEAD, then SPECULATIVE; the youngest, which has the least work to
 has not yet delivered audio is sent a cancel and, once the worker confirms it stopped, is
 queued again at the head of its class and sent again later, so its consumer just gets its
 audio later, never an error. A request that has delivered audio is not cut (its units are
-a sentence or so: it is nearly done). Why this and not the alternatives, measured with real
+a sentence or so: it is nearly done). Only FIRST_AUDIO pre-empts: speculative work is off the
+critical path until its reply is committed, and then it is raised to FIRST_AUDIO. Why this and not the alternatives, measured with real
 piper on this 2-vCPU machine: the worker aborts piper's inference mid-sentence
 (onnxruntime's terminate flag, ~10 ms), so a FIRST_AUDIO request starts within ~10-30 ms
 instead of waiting up to a whole sentence (0.2-0.6 s unloaded, several times that with every
@@ -290,7 +291,8 @@ class TtsWorkerPool:
         """A worker for `job`: at once if one is idle and nothing more urgent waits, else
         when `_release` hands it one (most urgent first, FIFO within a class). While it
         waits it looks, every `PREEMPT_POLL_S` (its class may be raised meanwhile), for
-        running work of a lower class to pre-empt."""
+        running work of a lower class to pre-empt. Only a FIRST_AUDIO request times out
+        (`acquire_timeout_s` after it became one)."""
         if self._idle and not any(self._before(w, job) for w in self._waiting):
             worker = self._idle.pop()
         else:
@@ -299,7 +301,13 @@ class TtsWorkerPool:
             deadline = self._clock.now() + self.config.acquire_timeout_s
             try:
                 while not job.granted.done():
+                    if self._closed:
+                        raise EngineError("TTS pool is closed")
                     self._preempt_for(job)
+                    if job.urgency.priority != Priority.FIRST_AUDIO:
+                        # Lower classes may wait as long as their owner lets them (it
+                        # raises or cancels them): the deadline runs from first audio on.
+                        deadline = self._clock.now() + self.config.acquire_timeout_s
                     left = deadline - self._clock.now()
                     if left <= 0:
                         raise EngineError(
