@@ -69,6 +69,7 @@ VALUE_FIELDS = (
     "eou_silence_ms",
     "completeness",
     "tool_ms",
+    "tts_first_class",
 )
 
 
@@ -101,6 +102,9 @@ class TurnMetrics:
     eou_silence_ms: float | None = None  # the silence that ended the turn
     completeness: str | None = None  # how complete the words sounded (completeness.py)
     tool_ms: float | None = None  # time spent running tools in this reply (all rounds)
+    # The TTS class of the reply's first unit when its first audio came (priority.py):
+    # first_audio (waited on the critical path) or speculative (made in the pause).
+    tts_first_class: str | None = None
 
     def mark(self, name: str, t: float, overwrite: bool = False) -> None:
         """Record a stage time (the first one wins unless overwrite)."""
@@ -147,6 +151,8 @@ class TurnMetrics:
                 extra.append(f"{name}={value:.0f}")
         if self.completeness is not None:
             extra.append(f"completeness={self.completeness}")
+        if self.tts_first_class is not None:
+            extra.append(f"tts_class={self.tts_first_class}")
         extra.append(f"speculative={'yes' if self.speculative else 'no'}")
         return " ".join(stages) + "; " + " ".join(extra)
 

@@ -170,11 +170,12 @@ def histogram_quantile(before: dict[Any, float], after: dict[Any, float], name: 
                        q: float, **only: str) -> float | None:  # fmt: skip
     """The q-quantile (upper bucket bound) of what a histogram observed between two scrapes
     (of its series with the labels in `only`)."""
-    buckets = sorted(
-        (float(dict(labels)["le"]), after[(n, labels)] - before.get((n, labels), 0.0))
-        for (n, labels) in after
-        if n == name + "_bucket" and all(dict(labels).get(k) == v for k, v in only.items())
-    )
+    counts: dict[float, float] = {}  # summed over the series' other labels (e.g. class)
+    for n, labels in after:
+        if n == name + "_bucket" and all(dict(labels).get(k) == v for k, v in only.items()):
+            le = float(dict(labels)["le"])
+            counts[le] = counts.get(le, 0.0) + after[(n, labels)] - before.get((n, labels), 0.0)
+    buckets = sorted(counts.items())
     if not buckets or buckets[-1][1] <= 0:
         return None
     total = buckets[-1][1]

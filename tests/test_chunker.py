@@ -176,3 +176,43 @@ def test_one_push_equals_streaming_when_clause_precedes_sentence_end(text: str) 
     units = one_push(text)
     assert units == streamed(by_word(text))
     assert all(len(u) <= 180 for u in units)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # The built-in responder's echo: no usable punctuation early, cut before "and".
+        (
+            "You said: I want to book a table for two and a room for the night. Tell me more.",
+            ["You said: I want to book a table for two", "and a room for the night.", "Tell me more."],
+        ),
+        # Three words before a conjunction are too few: the sentence stays whole.
+        ("Cats and dogs and birds sing all day long.", ["Cats and dogs and birds sing all day long."]),
+        # No clause break or conjunction: cut before the last preposition within 60 chars.
+        (
+            "You said: please tell me about the weather forecast in northern Scotland tomorrow morning.",
+            ["You said: please tell me about the weather forecast", "in northern Scotland tomorrow morning."],
+        ),
+        (
+            "You said: I would like to book a table for two people on Friday night at seven.",
+            ["You said: I would like to book a table for two people", "on Friday night at seven."],
+        ),
+        # No preposition either: the last word boundary within 60 chars.
+        (
+            "You said: yesterday my little brother finally painted every single wall green.",
+            ["You said: yesterday my little brother finally painted every", "single wall green."],
+        ),
+        # "android" is not "and"; later units keep whole sentences.
+        (
+            "My android phone is broken. It fell and then it broke and it is sad.",
+            ["My android phone is broken.", "It fell and then it broke and it is sad."],
+        ),
+    ],
+    ids=["before and", "too few words", "before a preposition", "before on", "first max chars",
+         "later units stay sentences"],
+)
+def test_first_unit_is_cut_short(text: str, expected: list[str]) -> None:
+    assert one_push(text) == expected
+    assert streamed(by_word(text)) == expected
+    assert streamed(by_char(text)) == expected
+    assert len(expected[0]) <= 60

@@ -75,7 +75,7 @@ async def pool() -> AsyncIterator[TtsWorkerPool]:
 
 
 def busy_pid(pool: TtsWorkerPool) -> int:
-    idle = list(pool._idle._queue)  # type: ignore[attr-defined]
+    idle = list(pool._idle)
     (busy,) = [w for w in pool._all if w not in idle]
     return int(busy.proc.pid)
 

@@ -13,6 +13,7 @@ from agent.audio import OUT_RATE_HZ, Pcm16, peak_dbfs
 from agent.call.events import EventChannel
 from agent.call.greeting import MARK, chime_pcm, play_greeting
 from agent.call.mute import Mute
+from agent.engines.priority import Urgency
 from agent.media.inbound import InboundFrame
 
 
@@ -112,7 +113,9 @@ class Tts:
     def __init__(self) -> None:
         self.texts: list[str] = []
 
-    async def synthesize(self, text: str) -> AsyncGenerator[Pcm16, None]:
+    async def synthesize(
+        self, text: str, *, urgency: Urgency | None = None
+    ) -> AsyncGenerator[Pcm16, None]:
         self.texts.append(text)
         yield np.ones(480, np.int16)
 

@@ -173,6 +173,7 @@ async def test_a_slow_turn_logs_its_breakdown_once(caplog: pytest.LogCaptureFixt
     assert "1500 ms from end of speech to first audio (over 1000 ms)" in message, message
     assert "eou_delay_ms=400 " in message and "time_to_first_audio_ms=1500" in message
     assert "llm_wait_ms=" in message and "playout_wait_ms=" in message
+    assert "tts_wait_ms=" in message and "tts_class=first_audio" in message  # the wait's class
     assert "hello" not in message  # no words in it
 
 

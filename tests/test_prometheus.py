@@ -16,6 +16,8 @@ from harness.peer import Caller
 from tests.conftest import SENTENCES, Server
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+WHISPER = {"class": "turn_final"}  # the class label of engine queue waits
+FIRST = {"class": "first_audio"}
 
 
 def parse(text: str) -> Samples:
@@ -96,8 +98,7 @@ def test_turns_errors_and_links_move_the_right_series() -> None:
     assert value(s, "ringback_endpoint_delay_seconds_count") == 1
     # A first token before the end of speech (speculation) counts as 0.
     assert value(s, "ringback_llm_first_token_seconds_bucket", le="0.05") == 1
-    assert value(s, "ringback_engine_queue_wait_seconds_count", engine="whisper",
-                 **{"class": "turn_final"}) == 1  # fmt: skip
+    assert value(s, "ringback_engine_queue_wait_seconds_count", engine="whisper", **WHISPER) == 1
     assert value(s, "ringback_playout_delay_seconds_bucket", le="0.05") == 1
     assert value(s, "ringback_event_loop_lag_seconds") == 0.004
     assert value(s, "ringback_event_loop_lag_hist_seconds_count") == 2
@@ -207,10 +208,10 @@ async def test_metrics_and_sessions_move_during_a_real_call(
         assert moved(hist + "_count") == len(said), hist
     v2v = moved("ringback_voice_to_voice_server_seconds_sum") / len(said)
     assert 0 < v2v < 3.0
-    assert moved("ringback_engine_queue_wait_seconds_count", engine="whisper",
-                 **{"class": "turn_final"}) >= 1  # fmt: skip
-    assert moved("ringback_engine_queue_wait_seconds_count", engine="tts",
-                 **{"class": "first_audio"}) >= 1  # fmt: skip
+    assert moved("ringback_engine_queue_wait_seconds_count", engine="whisper", **WHISPER) >= 1
+    assert moved("ringback_engine_queue_wait_seconds_count", engine="tts", **FIRST) + moved(
+        "ringback_engine_queue_wait_seconds_count", engine="tts", **{"class": "speculative"}
+    ) >= 1
     assert moved("ringback_playout_delay_seconds_count") >= 1  # a link report every 2 s
     assert moved("ringback_link_frames_total", kind="delivered") > 100
     assert value(after, "ringback_event_loop_lag_hist_seconds_count") > 0
@@ -268,3 +269,14 @@ def test_llm_breakers_and_tts_restarts_are_exported() -> None:
     restarts["hung"] += 1  # read at every scrape
     s = parse(stats.exposition().decode())
     assert value(s, "ringback_tts_worker_restarts_total", reason="hung") == 1
+
+
+def test_tts_queue_wait_is_labelled_with_the_first_units_class() -> None:
+    stats = ServerStats()
+    stats.record_turn({"tts_started_ms": 100.0, "tts_first_chunk_ms": 350.0,
+                       "tts_first_class": "speculative"}, False, 0)  # fmt: skip
+    stats.record_turn({"tts_started_ms": 100.0, "tts_first_chunk_ms": 200.0}, False, 0)
+    s = parse(stats.exposition().decode())
+    tts = "ringback_engine_queue_wait_seconds_sum"
+    assert value(s, tts, engine="tts", **{"class": "speculative"}) == pytest.approx(0.25)
+    assert value(s, tts, engine="tts", **FIRST) == pytest.approx(0.1)

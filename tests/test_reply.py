@@ -13,6 +13,7 @@ from agent.conversation.chunker import ChunkerConfig
 from agent.conversation.engine_faults import Answerer, LlmTimeouts
 from agent.conversation.history import Conversation
 from agent.conversation.reply import Reply, Stages, Unit
+from agent.engines.priority import Priority, Urgency
 from agent.metrics import TurnMetrics
 from tests.turn_rig import CHUNK, FakeSink, Rig, ScriptedLlm, ScriptedTts
 
@@ -132,3 +133,60 @@ async def test_cancel_closes_the_llm_and_tts_streams_and_plays_no_more() -> None
     assert llm.closed == 1 and tts.closed == len(tts.texts) >= 1
     await settle()
     assert sink.queue == []
+
+
+def priority_of(urgency: Urgency) -> Priority:
+    """Read afresh (the reply raises it while the test holds the object)."""
+    return urgency.priority
+
+
+async def test_tts_requests_carry_their_class() -> None:
+    """A speculative first unit asks as SPECULATIVE and is raised to FIRST_AUDIO by the
+    commit; a committed reply's first unit asks as FIRST_AUDIO, later units as READ_AHEAD."""
+    rig = Rig(ScriptedLlm(), ScriptedTts())
+    await rig.tm.on_speech_start()
+    await rig.tm.on_pause("what time is it", rig.metrics())
+    await rig.settle()
+    ((asked, first),) = rig.tts.urgencies
+    assert asked == Priority.SPECULATIVE and first.priority == Priority.SPECULATIVE
+    await rig.tm.on_final("What time is it?", rig.metrics())
+    assert priority_of(first) == Priority.FIRST_AUDIO
+    await rig.play_all()
+    assert [a for a, _ in rig.tts.urgencies] == [Priority.SPECULATIVE, Priority.READ_AHEAD]
+    (turn,) = rig.of_type("turn")
+    assert turn["metrics"]["tts_first_class"] == "speculative"  # made in the pause
+
+    rig = Rig(ScriptedLlm(), ScriptedTts())
+    await rig.tm.on_speech_start()
+    await rig.tm.on_final("What time is it?", rig.metrics())
+    await rig.play_all()
+    assert [a for a, _ in rig.tts.urgencies] == [Priority.FIRST_AUDIO, Priority.READ_AHEAD]
+    (turn,) = rig.of_type("turn")
+    assert turn["metrics"]["tts_first_class"] == "first_audio"
+
+
+async def test_a_read_ahead_the_listener_reaches_is_raised_to_first_audio() -> None:
+    """The second unit is still not synthesized when the audio before it has played out:
+    the listener would hear a gap, so it becomes FIRST_AUDIO (not before)."""
+    tts = ScriptedTts(chunks_per_unit=10)  # 1 s of audio in the first unit
+    tts.hold["Anything else?"] = asyncio.Event()
+    rig = Rig(ScriptedLlm(), tts)
+    await rig.tm.on_speech_start()
+    await rig.tm.on_final("What time is it?", rig.metrics())
+    for _ in range(6):  # 0.6 s of the first unit played: 0.4 s still ahead
+        await rig.settle()
+        rig.sink.play(CHUNK)
+    await rig.settle()
+    (_, ahead) = tts.urgencies[1]
+    assert ahead.priority == Priority.READ_AHEAD
+    await rig.clock.advance(0.1)  # 0.3 s of audio ahead by the track's pace: not yet
+    assert ahead.priority == Priority.READ_AHEAD
+    for _ in range(4):
+        await rig.settle()
+        rig.sink.play(CHUNK)
+    await rig.clock.advance(0.2)  # the deadline: 0.2 s before the audio ahead runs out
+    assert priority_of(ahead) == Priority.FIRST_AUDIO
+    tts.hold["Anything else?"].set()
+    await rig.play_all()
+    (turn,) = rig.of_type("turn")
+    assert turn["reply"] == "It's noon. Anything else?"

@@ -138,7 +138,11 @@ async def test_cancelled_mid_chunk_100_times_no_stall_no_restart(pool: TtsWorker
                     enough.set()
 
         task = asyncio.create_task(consume(1 + i % 6, enough))
-        await enough.wait()
+        waiter = asyncio.ensure_future(enough.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if task.done():
+            task.result()  # it failed before enough audio: raise that, do not hang
         for _ in range(i % 3):  # let the reader get to different points of the next frame
             await asyncio.sleep(0)
         task.cancel()

@@ -14,6 +14,7 @@ from agent.clock import FakeClock
 from agent.conversation.history import Conversation
 from agent.conversation.turns import State, TurnConfig, TurnManager
 from agent.engines.interfaces import EngineError, Message
+from agent.engines.priority import Priority, Urgency
 from agent.metrics import TurnMetrics
 
 CHUNK = 4800  # 100 ms at 48 kHz
@@ -68,10 +69,18 @@ class ScriptedTts:
         self.fail_on = fail_on
         self.texts: list[str] = []
         self.closed = 0
+        self.urgencies: list[tuple[Priority, Urgency]] = []  # (class when asked, the object)
+        self.hold: dict[str, asyncio.Event] = {}  # text → synthesis waits for this event
 
-    async def synthesize(self, text: str) -> AsyncGenerator[Pcm16, None]:
+    async def synthesize(
+        self, text: str, *, urgency: Urgency | None = None
+    ) -> AsyncGenerator[Pcm16, None]:
         self.texts.append(text)
+        if urgency is not None:
+            self.urgencies.append((urgency.priority, urgency))
         try:
+            if text in self.hold:
+                await self.hold[text].wait()
             if (self.fail_on is not None and self.fail_on in text) or (
                 len(self.texts) <= self.fail_first
             ):

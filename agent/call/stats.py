@@ -125,8 +125,8 @@ class ServerStats:
         self.queue_wait = Histogram(
             "ringback_engine_queue_wait_seconds",
             "Wait for a shared engine: whisper (queued before the accurate pass starts), tts "
-            "(a sentence's request to its first audio, queue and synthesis), by the class of "
-            "the work (agent/engines/priority.py).",
+            "(a reply's first sentence: request to first audio, queue and synthesis), by the "
+            "class of the work (agent/engines/priority.py).",
             ["engine", "class"],
             buckets=SHORT_BUCKETS,
             registry=r,
@@ -161,7 +161,8 @@ class ServerStats:
         for k in PACKET_KINDS:
             self.link_packets.labels(k)
         self.queue_wait.labels("whisper", "turn_final")
-        self.queue_wait.labels("tts", "first_audio")
+        for k in ("first_audio", "speculative"):
+            self.queue_wait.labels("tts", k)
         self._recent: dict[str, collections.deque[float]] = {
             stage: collections.deque(maxlen=window) for stage in (*STAGES, *HEARING)
         }
@@ -232,8 +233,11 @@ class ServerStats:
             self._on_queue_wait("whisper", max(0.0, wait) / 1000)
         asked, first = metrics.get("tts_started_ms"), metrics.get("tts_first_chunk_ms")
         if isinstance(asked, float) and isinstance(first, float):  # the reply's first sentence
-            self.queue_wait.labels("tts", "first_audio").observe(max(0.0, first - asked) / 1000)
-            self._on_queue_wait("tts", max(0.0, first - asked) / 1000)
+            tts_class = metrics.get("tts_first_class")
+            tts_class = tts_class if isinstance(tts_class, str) else "first_audio"
+            self.queue_wait.labels("tts", tts_class).observe(max(0.0, first - asked) / 1000)
+            if tts_class == "first_audio":  # a caller waited for it (not made in the pause)
+                self._on_queue_wait("tts", max(0.0, first - asked) / 1000)
 
     def record_link_report(self, link: Mapping[str, object]) -> None:
         """A periodic `link` report of a call in progress."""

@@ -1,9 +1,20 @@
 """Token stream → speakable units (pure).
 
 TTS sounds best on whole sentences, but waiting for a sentence delays the first audio. The
-chunker emits a unit at a sentence end; at a clause break (, ; :) once the pending text is long
-enough to sound natural; and at a word boundary when text runs on without punctuation. The
-first unit of a reply may be shorter, so speech starts sooner.
+chunker emits a unit at a sentence end; at a clause break (, ; : —) once the pending text is
+long enough to sound natural; and at a word boundary when text runs on without punctuation.
+
+The first unit of a reply is the one the listener waits for, and piper synthesizes a unit in
+one piece (its time grows with the length: ~4 ms a character on an idle core, 0.35 s for an
+80-character sentence, several times that on a loaded machine). So the first unit is cut
+short: at a clause break once it has `first_clause_min_chars`, before a conjunction once it has
+`first_min_words` words, and within `first_max_chars` before the last preposition (else at the
+last word boundary) that leaves it `first_min_words` words (60 characters: about 12
+words, ~0.25 s of synthesis idle, ~3-4 s of speech, which covers the synthesis of the next
+unit even on a loaded machine). Four words is about the shortest phrase that still sounds like
+a phrase before a conjunction; a comma is a natural pause already, so 12 characters do there.
+Later units keep the sentence-sized rules (prosody): they are synthesized while earlier audio
+plays.
 """
 
 from __future__ import annotations
@@ -16,11 +27,22 @@ _ABBREVIATIONS = frozenset(
 )
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*\s")
 _CLAUSE_END = re.compile(r"[,;:—–]\s")
+# A conjunction a first unit may be cut before (the space before it ends the unit).
+_CONJUNCTION = re.compile(
+    r"\s(?=(?:and|but|or|so|because|while|when|whenever|although|though|until|which|then|if)\s)",
+    re.IGNORECASE,
+)
+# Where a first unit that must be cut for length reads best: before a preposition.
+_PREPOSITION = re.compile(
+    r"\s(?=(?:on|in|at|to|for|with|from|of|about|into|after|before|near|by)\s)", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
 class ChunkerConfig:
     first_clause_min_chars: int = 12
+    first_min_words: int = 4  # before a conjunction (first unit only)
+    first_max_chars: int = 60  # the first unit is cut at a word boundary by then
     clause_min_chars: int = 40
     max_chars: int = 180
 
@@ -59,19 +81,35 @@ class Chunker:
     def _find_cut(self) -> int | None:
         """The earliest valid cut, so the units don't depend on how the text was streamed."""
         buf, cfg = self._buf, self.config
-        min_clause = cfg.first_clause_min_chars if self._emitted == 0 else cfg.clause_min_chars
+        first = self._emitted == 0
+        min_clause = cfg.first_clause_min_chars if first else cfg.clause_min_chars
+        max_chars = min(cfg.max_chars, cfg.first_max_chars) if first else cfg.max_chars
         cuts = [
             m.end()
             for m in _SENTENCE_END.finditer(buf)
             if not _is_false_sentence_end(buf, m.start())
         ]
         cuts += [m.end() for m in _CLAUSE_END.finditer(buf) if m.start() + 1 >= min_clause]
+        if first:
+            cuts += [
+                m.end()
+                for m in _CONJUNCTION.finditer(buf)
+                if len(buf[: m.start()].split()) >= cfg.first_min_words
+            ]
         cut = min(cuts, default=None)
-        if cut is not None and len(buf[:cut].rstrip()) <= cfg.max_chars:
+        if cut is not None and len(buf[:cut].rstrip()) <= max_chars:
             return cut
-        if len(buf) > cfg.max_chars:
-            space = buf.rfind(" ", 0, cfg.max_chars + 1)
-            return space + 1 if space > 0 else cfg.max_chars
+        if len(buf) > max_chars:
+            if first:
+                phrase = [
+                    m.end()
+                    for m in _PREPOSITION.finditer(buf, 0, max_chars + 1)
+                    if len(buf[: m.start()].split()) >= cfg.first_min_words
+                ]
+                if phrase:
+                    return phrase[-1]
+            space = buf.rfind(" ", 0, max_chars + 1)
+            return space + 1 if space > 0 else max_chars
         return None
 
 

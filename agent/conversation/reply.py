@@ -15,14 +15,15 @@ import contextlib
 import itertools
 import logging
 from collections.abc import AsyncGenerator, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.audio import Pcm16
+from agent.audio import OUT_RATE_HZ, Pcm16
 from agent.clock import Clock
 from agent.conversation.engine_faults import RETRIES, Answerer, Emit, Units, retry_allowed
 from agent.conversation.history import Conversation
 from agent.engines.interfaces import TTS, EngineError, Message
+from agent.engines.priority import Priority, Urgency
 from agent.metrics import TurnMetrics
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class Unit:
     complete: bool = False
     failed: bool = False
     filler: bool = False
+    # Its class for the shared TTS pool (priority.py): later units read ahead until the
+    # listener is about to need them.
+    urgency: Urgency = field(default_factory=lambda: Urgency(Priority.READ_AHEAD))
 
 
 class Reply:
@@ -91,6 +95,8 @@ class Reply:
 
     def commit(self) -> None:
         self.committed.set()
+        if self.units:  # the first unit, synthesized speculatively, is now on the critical path
+            self.units[0].urgency.raise_to(Priority.FIRST_AUDIO)
 
     def stop(self) -> None:
         """Stop queueing audio at once. Cancelling the task takes a loop iteration or two to
@@ -164,6 +170,9 @@ class Reply:
                 await self.committed.wait()
             text = say.text
             unit = Unit((self.id, index), text, filler=say.filler)
+            if index == 0:  # what the caller waits for, or made in the pause
+                first = Priority.FIRST_AUDIO if self.committed.is_set() else Priority.SPECULATIVE
+                unit.urgency.priority = first
             self.units.append(unit)
             index += 1
             self.metrics.mark("tts_started", clock.now())
@@ -196,10 +205,14 @@ class Reply:
         )
         try:
             pending: list[Pcm16] = []
+            if unit.urgency.priority == Priority.READ_AHEAD:
+                await self._raise_when_needed(unit, reader)
             while (pcm := await chunks.get()) is not None:
                 if isinstance(pcm, BaseException):
                     raise pcm
                 self.metrics.mark("tts_first_chunk", clock.now())
+                if self.metrics.tts_first_class is None:
+                    self.metrics.tts_first_class = unit.urgency.priority.label
                 unit.samples += pcm.size
                 if not self.committed.is_set():
                     pending.append(pcm)
@@ -215,6 +228,19 @@ class Reply:
         finally:
             reader.cancel()  # abandoned (barge-in, a failure): the pool cancels the request
             await asyncio.gather(reader, return_exceptions=True)
+
+    async def _raise_when_needed(self, unit: Unit, reader: asyncio.Task[None]) -> None:
+        """A read-ahead becomes FIRST_AUDIO when the audio before it has (nearly) played out
+        and it is still not synthesized: the listener would hear a gap."""
+        s = self._s
+        ahead_s = (
+            sum(max(0, u.samples - s.sink.played_samples(u.mark)) for u in self.units)
+            / OUT_RATE_HZ
+        )
+        with contextlib.suppress(TimeoutError):
+            async with s.clock.timeout(max(0.0, ahead_s - 0.2)):
+                await asyncio.shield(reader)
+        unit.urgency.raise_to(Priority.FIRST_AUDIO)
 
     async def _read_ahead(
         self, unit: Unit, chunks: asyncio.Queue[Pcm16 | BaseException | None]
@@ -234,4 +260,4 @@ class Reply:
     def _synthesize(self, unit: Unit) -> AsyncGenerator[Pcm16, None]:
         """The TTS request for one unit: everything the engine is told about it is here
         (`unit.mark[1]` is its place in the reply, `unit.filler` marks a filler)."""
-        return self._s.tts.synthesize(unit.text)
+        return self._s.tts.synthesize(unit.text, urgency=unit.urgency)

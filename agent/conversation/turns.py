@@ -314,5 +314,5 @@ def _adopt(target: TurnMetrics, source: TurnMetrics) -> None:
         if value is not None:
             target.mark(name, value, overwrite=True)
     for name in VALUE_FIELDS:
-        if name not in ("turn", "speculative"):
+        if name not in ("turn", "speculative", "tts_first_class", "tool_ms"):
             setattr(target, name, getattr(source, name))

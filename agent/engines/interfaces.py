@@ -209,4 +209,9 @@ class TTS(Protocol):
     name: str
     sample_rate_hz: int
 
-    def synthesize(self, text: str) -> AsyncGenerator[Pcm16, None]: ...
+    def synthesize(
+        self, text: str, *, urgency: Urgency | None = None
+    ) -> AsyncGenerator[Pcm16, None]:
+        """`urgency`: how soon it is needed (priority.py); an engine without a shared queue
+        may ignore it."""
+        ...
