@@ -36,6 +36,8 @@ Protocol (requests multiplexed by an id the server chooses):
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import struct
@@ -45,7 +47,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar, cast
 
 import numpy as np
 
@@ -153,9 +155,12 @@ def session_options(arena: bool = False) -> Any:
     One intra-op thread that never spins: each run executes on its slot's own thread, so N
     slots use N cores without a shared thread pool to queue on, and no core is burnt waiting
     (0.045 s of CPU per second of speech, against 0.059 with a spinning thread per core).
-    No CPU memory arena by default: with it, each concurrent run grows the arena to its
-    own peak and the arena keeps it for good; without it, buffers go back to the allocator
-    when a run ends (bench: see its docstring for the RSS and latency of both)."""
+    No CPU memory arena: with it, the arena grows to the peak of the concurrent runs
+    (~110 MB each for a long sentence) and keeps it for good; without it, a run's buffers go
+    back to glibc, and PiperBackend trims the heap when the last synthesis ends. Measured
+    with bench/tts_pool.py, 3 slots (MB of RSS idle / during 3 syntheses / idle after):
+    arena on 267 / 525 / 525, arena off with the trim 179 / 590 / 263; the first-chunk
+    latency differed by less than the run-to-run noise of this loaded 2-vCPU machine."""
     import onnxruntime
 
     opts = onnxruntime.SessionOptions()
@@ -182,6 +187,11 @@ class PiperBackend:
         self.session = _SharedSession(session)
         self.voice = _locked_voice_class()(config=config, session=self.session)
         self.sample_rate_hz = int(config.sample_rate)
+        self._lock = threading.Lock()
+        self._running = 0  # syntheses under way, in any slot
+        # Without the arena, a run's buffers are freed to glibc, which keeps most of them:
+        # hand them back when the last synthesis ends (an idle worker stays small).
+        self._trim = _malloc_trim() if not arena else None
         # Warm up: the first inference allocates and is several times slower.
         for _ in self.synthesize("Hello.", Options(), Cancel()):
             pass
@@ -196,11 +206,25 @@ class PiperBackend:
             noise_w_scale=options.noise_w_scale,
         )
         self.session.serve(cancel)
+        with self._lock:
+            self._running += 1
         try:
             for chunk in self.voice.synthesize(text, config):
                 yield chunk.audio_int16_bytes
         finally:
             self.session.serve(None)
+            with self._lock:
+                self._running -= 1
+                idle = self._running == 0
+            if idle and self._trim is not None:
+                self._trim(0)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim (None elsewhere): returns the heap's free memory to the OS."""
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    return cast("Callable[[int], int] | None", trim)
 
 
 def _locked_voice_class() -> Any:
