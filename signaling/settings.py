@@ -630,25 +630,29 @@ SECTIONS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
             S(
                 "--tts-workers",
                 "agent.tts.workers",
-                "TTS worker processes shared by all calls",
+                "TTS syntheses that run at once, shared by all calls (one worker process)",
                 bound=at_least(1),
-                doc="TTS worker processes shared by all calls (one thread each)",
+                doc="TTS syntheses that run at once, shared by all calls: slots of one worker "
+                "process that loads the voice once (one thread and core each)",
             ),
             S(
                 "--tts-first-chunk-timeout-s",
                 "agent.tts.first_chunk_timeout_s",
-                "a TTS worker silent this long on a new request is restarted (request retried)",
+                "no audio this long on a new request: the TTS worker is restarted if it used no "
+                "CPU meanwhile (hung), else waited for (busy)",
                 bound=above(0),
-                doc="a TTS worker silent this long on a new sentence is killed and replaced "
-                "(the sentence is retried on another worker); every restart is logged with its "
-                "reason and counted",
+                doc="a new sentence with no audio this long: the TTS worker process is killed "
+                "and replaced only if it used no CPU in that time (stopped, deadlocked; or after "
+                "30 s in all), else it is busy and waited for, a period at a time; a restart "
+                "fails every sentence in flight on it (retried), and is logged with its reason "
+                "and counted",
             ),
             S(
                 "--tts-chunk-timeout-s",
                 "agent.tts.chunk_timeout_s",
-                "a TTS worker silent this long mid-request is restarted",
+                "likewise, with no audio this long mid-request",
                 bound=above(0),
-                doc="a TTS worker silent this long mid-sentence is killed and replaced",
+                doc="likewise, mid-sentence",
             ),
         ),
     ),
@@ -902,7 +906,7 @@ ENV_ONLY: tuple[tuple[str, str, str], ...] = (
         "none",
         "bearer token for `--llm-fallback-url` (the primary's key is never sent there)",
     ),
-    ("RINGBACK_TTS_THREADS", "`1`", "intra-op threads per piper worker (they never spin)"),
+    ("RINGBACK_TTS_THREADS", "`1`", "intra-op threads per piper synthesis (they never spin)"),
 )
 
 

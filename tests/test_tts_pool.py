@@ -63,7 +63,12 @@ async def test_a_dead_worker_fails_the_request_and_is_replaced(
 ) -> None:
     caplog.set_level(logging.WARNING, "agent.engines.tts_pool")
     pid = worker_pid(pool)
-    stream = pool.synthesize("This sentence is long enough to arrive in many separate chunks.")
+    # Several sentences: the pool reads a worker's audio as soon as it is written, so the
+    # kill must land while later sentences are still being synthesized.
+    stream = pool.synthesize(
+        "This sentence is long enough to arrive in many separate chunks. And a second one"
+        " follows it, just as long. And then a third, so the worker is still at work."
+    )
     async with contextlib.aclosing(stream):
         await anext(stream)
         os.kill(pid, signal.SIGKILL)
@@ -122,7 +127,9 @@ LONG = (
 async def test_cancelled_mid_chunk_100_times_no_stall_no_restart(pool: TtsWorkerPool) -> None:
     """A speculative reply cancelled anywhere inside a frame (header read, payload not yet)
     used to leave the pool reading audio bytes as a header: the next request stalled for the
-    chunk timeout and the worker was killed. Now nothing is lost and nothing restarts."""
+    chunk timeout and the worker was killed. Now nothing is lost and nothing restarts.
+    (Frames are now read by the pool's reader task, not by the cancelled consumer: `_head`
+    is that reader's, caught mid-frame as the consumer was cancelled.)"""
     pid = worker_pid(pool)
     (worker,) = pool._all
     mid_frame = 0
