@@ -36,6 +36,7 @@ Protocol (requests multiplexed by an id the server chooses):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -115,8 +116,15 @@ class Output:
 
     def frame(self, kind: bytes, request_id: int, payload: bytes = b"") -> None:
         with self._lock:
-            self._out.write(HEADER.pack(kind, request_id, len(payload)) + payload)
-            self._out.flush()
+            try:
+                self._out.write(HEADER.pack(kind, request_id, len(payload)) + payload)
+                self._out.flush()
+            except OSError as exc:
+                raise PipeClosed from exc
+
+
+class PipeClosed(Exception):
+    """The server closed our stdout: nobody is left to tell anything."""
 
 
 class _SharedSession:
@@ -344,8 +352,8 @@ class Server:
             rate = self.backend.sample_rate_hz
             whole = _speak(lambda pcm: self.out.frame(b"A", request_id, pcm), pieces, rate, cancel)
             payload = b"" if whole else CANCELLED
-        except OSError:
-            return  # the server closed our pipe: nobody to tell
+        except PipeClosed:
+            return
         except Exception as exc:  # report per request; the worker stays usable
             if cancel.is_set():  # the inference was aborted: not an error
                 payload = CANCELLED
@@ -354,10 +362,8 @@ class Server:
         finally:
             with self._lock:
                 self._cancels.pop(request_id, None)
-        try:
+        with contextlib.suppress(PipeClosed):
             self.out.frame(end, request_id, payload)
-        except OSError:
-            return
 
 
 def main() -> int:
@@ -381,5 +387,5 @@ def main() -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (BrokenPipeError, KeyboardInterrupt):
+    except (PipeClosed, BrokenPipeError, KeyboardInterrupt):
         os._exit(0)  # the server closed our pipes: nothing left to do
