@@ -12,7 +12,7 @@ whisper_final.py     the accurate final pass: whisper tiny.en via CTranslate2, s
 whisper_pool.py      that pass as a shared engine: worker processes, most urgent passes first,
                      batched
 whisper_worker.py    the process side of the whisper pool: load once, run passes
-tts_pool.py          the TTS interface and its pool of worker processes
+tts_pool.py          the TTS interface and its worker process (N syntheses at once)
 tts_worker.py        the TTS worker process (piper or espeak-ng: the GPL engines live here)
 worker_setup.py      what every worker does first: lower CPU priority, deaf to SIGINT,
                      gone with its server
