@@ -13,9 +13,9 @@ old one from `git archive <ref> agent`), so both are measured the same way:
   rounds; for the concurrent case the median of every request's first chunk, and the wall
   time of a round).
 
-Two more rows measure the shared piper session in-process (tts_worker.PiperBackend, as the
-worker builds it) with onnxruntime's CPU memory arena on and off, the choice
-`tts_worker.session_options` makes. Prints a table and writes
+Three more rows measure the shared piper session in-process (tts_worker.PiperBackend, as the
+worker builds it): onnxruntime's CPU memory arena kept, shrunk after the runs that overlap
+another (the worker's choice, see `tts_worker.session_options`), or off. Prints a table and writes
 bench/results/tts_pool.json.
 """
 
@@ -41,6 +41,11 @@ TEXTS = (
     "Your order has been shipped and it should arrive at your door by Thursday afternoon.",
 )
 RESULTS = Path(__file__).parent / "results" / "tts_pool.json"
+SESSION_VARIANTS = {  # name: (CPU memory arena, shrink it after runs that overlap another)
+    "arena-keep": (True, False),
+    "arena-shrink-extra": (True, True),
+    "no-arena": (False, False),
+}
 
 
 def rss_kb(pid: int) -> int:
@@ -128,11 +133,12 @@ async def pool_child(slots: int, reps: int) -> dict[str, Any]:
         await pool.aclose()
 
 
-def backend_child(slots: int, reps: int, arena: bool) -> dict[str, Any]:
+def backend_child(slots: int, reps: int, variant: str) -> dict[str, Any]:
     """The shared piper session in this process, `slots` threads at once."""
     from agent.engines.tts_worker import Cancel, Options, PiperBackend
 
-    backend = PiperBackend(None, arena=arena)
+    arena, shrink_extra = SESSION_VARIANTS[variant]
+    backend = PiperBackend(None, arena=arena, shrink_extra=shrink_extra)
 
     def first_chunk(text: str) -> float:
         started = time.monotonic()
@@ -213,14 +219,14 @@ def main() -> None:
     parser.add_argument("--old-ref", default="main")
     parser.add_argument("--slots", type=int, default=3)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--child", choices=("pool", "arena", "no-arena"))
+    parser.add_argument("--child", choices=("pool", *SESSION_VARIANTS))
     args = parser.parse_args()
     common = ["--slots", str(args.slots), "--reps", str(args.reps)]
     if args.child == "pool":
         print(json.dumps(asyncio.run(pool_child(args.slots, args.reps))))
         return
     if args.child is not None:
-        print(json.dumps(backend_child(args.slots, args.reps, arena=args.child == "arena")))
+        print(json.dumps(backend_child(args.slots, args.reps, args.child)))
         return
     here = str(Path(__file__).resolve().parent.parent)
     rows: dict[str, dict[str, Any]] = {}
@@ -228,8 +234,9 @@ def main() -> None:
         export_old(args.old_ref, Path(tmp))
         rows[f"pool {args.old_ref}: {args.slots} processes"] = run_child(tmp, ["pool", *common])
         rows[f"pool now: 1 process, {args.slots} slots"] = run_child(here, ["pool", *common])
-    rows["session, arena on"] = run_child(here, ["arena", *common])
-    rows["session, arena off (chosen)"] = run_child(here, ["no-arena", *common])
+    rows["session: arena kept"] = run_child(here, ["arena-keep", *common])
+    rows["session: arena shrunk (chosen)"] = run_child(here, ["arena-shrink-extra", *common])
+    rows["session: no arena"] = run_child(here, ["no-arena", *common])
     print(
         f"{'variant':38} {'procs':>5} {'idle MB':>8} {'busy MB':>8} {'after MB':>8} "
         f"{'1st alone s':>11} {'1st x' + str(args.slots) + ' s':>9} {'wall x' + str(args.slots) + ' s':>10}"

@@ -3,8 +3,10 @@
 `synthesize(text)` is an async iterator of 48 kHz mono int16 chunks, first chunk as soon as
 the engine has one. One worker process (agent/engines/tts_worker.py), its voice loaded once,
 serves every session with `workers` slots: that many syntheses run at once, each on its own
-thread and core, all sharing the one copy of the model (issue 22: one piper process is
-~190 MB; three of them were ~600 MB of an idle server). Requests and their frames are
+thread and core, all sharing the one copy of the model (issue 22; bench/tts_pool.py, 3
+slots against the 3 worker processes this replaced: RSS idle 268 MB against 646, during 3
+syntheses ~450-590 against ~850-990, idle after them ~220-430 against ~850-990; first
+chunk alone and 3 at once the same within this machine's noise). Requests and their frames are
 multiplexed over the process's pipes by a request id; one reader task per process routes the
 frames to their requests (a queue per request: unbounded, it holds one unit of audio at most,
 which reply.py reads ahead anyway), so a slot is free again as soon as the worker has sent a

@@ -37,8 +37,6 @@ Protocol (requests multiplexed by an id the server chooses):
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import os
 import struct
@@ -48,7 +46,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, BinaryIO, ClassVar, cast
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
@@ -129,14 +127,19 @@ class PipeClosed(Exception):
 
 class _SharedSession:
     """piper's onnxruntime session, shared by every slot thread; each run takes its own
-    RunOptions, tied to the Cancel of the request its thread serves."""
+    RunOptions, tied to the Cancel of the request its thread serves. A run that starts
+    while another is under way gives the arena back what it grew by, when it ends
+    (`session_options` says why)."""
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, shrink_extra: bool = True) -> None:
         import onnxruntime
 
         self._session = session
         self._run_options = onnxruntime.RunOptions
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._runs = 0  # under way, in any slot
+        self._shrink_extra = shrink_extra
 
     def serve(self, cancel: Cancel | None) -> None:
         """This thread's runs belong, from now on, to the request with `cancel`."""
@@ -144,6 +147,11 @@ class _SharedSession:
 
     def run(self, output_names: Any, feed: Any) -> Any:
         options = self._run_options()
+        with self._lock:
+            extra = self._runs > 0
+            self._runs += 1
+        if extra and self._shrink_extra:
+            options.add_run_config_entry(SHRINK_ARENA, "cpu:0")
         cancel: Cancel | None = getattr(self._local, "cancel", None)
         if cancel is not None:
             cancel.attach(options)
@@ -152,23 +160,35 @@ class _SharedSession:
         finally:
             if cancel is not None:
                 cancel.detach()
+            with self._lock:
+                self._runs -= 1
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._session, name)
 
 
-def session_options(arena: bool = False) -> Any:
+SHRINK_ARENA = "memory.enable_memory_arena_shrinkage"  # a RunOptions entry: free the
+# arena's unused regions when this run ends
+
+
+def session_options(arena: bool = True) -> Any:
     """onnxruntime options for the shared piper session (measured in bench/tts_pool.py).
 
     One intra-op thread that never spins: each run executes on its slot's own thread, so N
     slots use N cores without a shared thread pool to queue on, and no core is burnt waiting
     (0.045 s of CPU per second of speech, against 0.059 with a spinning thread per core).
-    No CPU memory arena: with it, the arena grows to the peak of the concurrent runs
-    (~110 MB each for a long sentence) and keeps it for good; without it, a run's buffers go
-    back to glibc, and PiperBackend trims the heap when the last synthesis ends. Measured
-    with bench/tts_pool.py, 3 slots (MB of RSS idle / during 3 syntheses / idle after):
-    arena on 267 / 525 / 525, arena off with the trim 179 / 590 / 263; the first-chunk
-    latency differed by less than the run-to-run noise of this loaded 2-vCPU machine."""
+
+    The CPU memory arena stays on: without it every intermediate tensor is malloc'd and
+    freed (and, being large, mmap'd and unmapped) op by op, and a sentence took 1.2-1.9x as
+    long alone. With it, the arena grows to the peak of the runs that overlap (~90 MB each
+    for a long sentence) and would keep that for good, so a run that starts while another
+    is under way shrinks the arena when it ends (_SharedSession): a lone request, the usual
+    case, keeps its warm arena (shrinking costs the next run ~10 %, measured paired), and
+    what concurrency added goes back to the OS. bench/tts_pool.py, 3 slots, MB of RSS idle /
+    during 3 syntheses / idle after them: arena kept 268 / 513 / 513, shrunk 266 / 448 /
+    220 (up to ~430 when the run that ends last is the one that started alone), no arena
+    240 / 692 / 539 (and slowest); a sentence alone started as fast with the arena kept
+    or shrunk (0.38 s, 0.37 s) and 1.5x as slow without (0.55 s), in the same run."""
     import onnxruntime
 
     opts = onnxruntime.SessionOptions()
@@ -179,7 +199,10 @@ def session_options(arena: bool = False) -> Any:
 
 
 class PiperBackend:
-    def __init__(self, model_path: str | None, *, arena: bool = False) -> None:
+    def __init__(
+        self, model_path: str | None, *, arena: bool = True, shrink_extra: bool = True
+    ) -> None:
+        """`arena` and `shrink_extra` other than the defaults: for bench/tts_pool.py."""
         import onnxruntime
         from piper.config import PiperConfig
 
@@ -192,14 +215,9 @@ class PiperBackend:
         session = onnxruntime.InferenceSession(
             model_path, sess_options=session_options(arena), providers=["CPUExecutionProvider"]
         )
-        self.session = _SharedSession(session)
+        self.session = _SharedSession(session, shrink_extra)
         self.voice = _locked_voice_class()(config=config, session=self.session)
         self.sample_rate_hz = int(config.sample_rate)
-        self._lock = threading.Lock()
-        self._running = 0  # syntheses under way, in any slot
-        # Without the arena, a run's buffers are freed to glibc, which keeps most of them:
-        # hand them back when the last synthesis ends (an idle worker stays small).
-        self._trim = _malloc_trim() if not arena else None
         # Warm up: the first inference allocates and is several times slower.
         for _ in self.synthesize("Hello.", Options(), Cancel()):
             pass
@@ -214,25 +232,11 @@ class PiperBackend:
             noise_w_scale=options.noise_w_scale,
         )
         self.session.serve(cancel)
-        with self._lock:
-            self._running += 1
         try:
             for chunk in self.voice.synthesize(text, config):
                 yield chunk.audio_int16_bytes
         finally:
             self.session.serve(None)
-            with self._lock:
-                self._running -= 1
-                idle = self._running == 0
-            if idle and self._trim is not None:
-                self._trim(0)
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim (None elsewhere): returns the heap's free memory to the OS."""
-    name = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    return cast("Callable[[int], int] | None", trim)
 
 
 def _locked_voice_class() -> Any:
