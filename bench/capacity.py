@@ -218,8 +218,9 @@ def slow_turns(log_text: str) -> dict[str, Any]:
         count += 1
         for item in m.group(2).split():
             name, _, value = item.partition("=")
-            with contextlib.suppress(ValueError):
-                stages.setdefault(name, []).append(float(value))
+            with contextlib.suppress(ValueError):  # not a number (tts_class=first_audio)
+                ms = float(value)
+                stages.setdefault(name, []).append(ms)
     return {
         "count": count,
         "stages_ms": {
