@@ -148,6 +148,10 @@ def caller_main(args: argparse.Namespace) -> int:
 # call) before the first turn's slot.
 CONNECT_S = 8.0
 
+# Quiet seconds between steps: longer than the window the server's admission measures its
+# headroom over (signaling/headroom.py, 10 s), so a step's calls are judged on their own load.
+QUIET_S = 12.0
+
 # The callers' niceness (--caller-nice), passed to them in their environment.
 CALLER_NICE_ENV = "RINGBACK_BENCH_CALLER_NICE"
 
@@ -524,6 +528,8 @@ def ramp(
     for calls in steps:
         held = []
         for arrival in arrivals:
+            if out["steps"]:  # a quiet server between steps: the last one's load leaves the
+                time.sleep(QUIET_S)  # admission window (signaling/headroom.py)
             prof = None
             if profile_dir is not None:
                 prof = profile_dir / f"capacity-profile-{calls}-{arrival}.txt"
