@@ -1,5 +1,5 @@
-"""Every relative link in README.md and docs/*.md points at a file that exists and, when it
-names an anchor, at a heading of that file (GitHub's anchor rules)."""
+"""Every relative link in README.md, docs/*.md and deploy/README.md points at a file that
+exists and, when it names an anchor, at a heading of that file (GitHub's anchor rules)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    ROOT / "deploy" / "README.md",
+]
 
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
 CODE_SPAN = re.compile(r"`[^`\n]*`")
@@ -28,9 +32,7 @@ def anchor(heading: str) -> str:
     (letters, digits, `-` and `_` stay), each space a hyphen."""
     text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link keeps its words
     text = text.replace("`", "").lower()
-    kept = "".join(
-        c for c in text if c in " -_" or unicodedata.category(c)[0] in ("L", "N")
-    )
+    kept = "".join(c for c in text if c in " -_" or unicodedata.category(c)[0] in ("L", "N"))
     return kept.replace(" ", "-")
 
 
