@@ -56,6 +56,8 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m bench.send_path --quick --json $(QUICK)/send_path.json
 	$(VENV)/bin/python -m bench.audio_path --quick --json $(QUICK)/audio_path.json
 	$(VENV)/bin/python -m bench.whisper_settings --quick --json $(QUICK)/whisper_settings.json
+	$(VENV)/bin/python -m bench.whisper_batch --quick --json $(QUICK)/whisper_batch.json
+	$(VENV)/bin/python -m bench.llm_client_ttft --requests 50 --json $(QUICK)/llm_client_ttft.json
 	$(VENV)/bin/python -m bench.conversation --turns 4 --json $(QUICK)/conversation.json
 	$(VENV)/bin/python -m bench.hearing --quick --json $(QUICK)/hearing.json
 	$(VENV)/bin/python -m bench.soak --quick --json $(QUICK)/soak.json
@@ -65,6 +67,8 @@ bench-full: $(STAMP)
 	$(VENV)/bin/python -m bench.send_path --json bench/results/send_path.json
 	$(VENV)/bin/python -m bench.audio_path --json bench/results/audio_path.json
 	$(VENV)/bin/python -m bench.whisper_settings
+	$(VENV)/bin/python -m bench.whisper_batch --json bench/results/whisper_batch.json
+	$(VENV)/bin/python -m bench.llm_client_ttft --json bench/results/llm_client_ttft.json
 	$(VENV)/bin/python -m bench.conversation
 	$(VENV)/bin/python -m bench.hearing
 	$(VENV)/bin/python -m bench.soak

@@ -6,6 +6,8 @@ send_path.py         CPU per 20 ms frame of the agent's voice, own Opus encoder 
 conversation.py      voice-to-voice latency and stage times over N spoken turns, per variant
 hearing.py           the evaluation set spoken to a real server: WER, v2v, false cut-offs
 whisper_settings.py  whisper final-pass time and accuracy per encoder window and threads
+whisper_batch.py     the shared whisper pool with 1, 4, 8 passes at once: batched vs one by one
+llm_client_ttft.py   time to first token, our SSE client vs the `openai` SDK (if installed)
 capacity.py          how many conversational calls one `ringback serve` sustains
 soak.py              many calls and abrupt disconnects, then what the server kept (leaks)
 echo_server.py       not a benchmark: the transport-only peer capacity.py compares against

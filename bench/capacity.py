@@ -148,6 +148,10 @@ def caller_main(args: argparse.Namespace) -> int:
 # call) before the first turn's slot.
 CONNECT_S = 8.0
 
+# Quiet seconds between steps: longer than the window the server's admission measures its
+# headroom over (signaling/headroom.py, 10 s), so a step's calls are judged on their own load.
+QUIET_S = 12.0
+
 # The callers' niceness (--caller-nice), passed to them in their environment.
 CALLER_NICE_ENV = "RINGBACK_BENCH_CALLER_NICE"
 
@@ -218,8 +222,9 @@ def slow_turns(log_text: str) -> dict[str, Any]:
         count += 1
         for item in m.group(2).split():
             name, _, value = item.partition("=")
-            with contextlib.suppress(ValueError):
-                stages.setdefault(name, []).append(float(value))
+            with contextlib.suppress(ValueError):  # not a number (tts_class=first_audio)
+                ms = float(value)
+                stages.setdefault(name, []).append(ms)
     return {
         "count": count,
         "stages_ms": {
@@ -523,6 +528,8 @@ def ramp(
     for calls in steps:
         held = []
         for arrival in arrivals:
+            if out["steps"]:  # a quiet server between steps: the last one's load leaves the
+                time.sleep(QUIET_S)  # admission window (signaling/headroom.py)
             prof = None
             if profile_dir is not None:
                 prof = profile_dir / f"capacity-profile-{calls}-{arrival}.txt"

@@ -11,7 +11,8 @@ from signaling.headroom import HeadroomConfig
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 # Concurrent calls one core sustains within the latency budget. It must come from
-# bench/capacity.py (README "Capacity": 10 calls on 2 vCPUs with every limit held, 8 with margin);
+# bench/capacity.py (docs/measurements.md, "Capacity": the earlier run held 10 calls on
+# 2 vCPUs with every limit held, 8 with margin; the re-run under realistic load sustained 4);
 # the default max_sessions (8) is this times the 2 cores it was measured on. Measured headroom
 # (signaling/headroom.py) refuses sooner when the machine has less to give.
 CALLS_PER_CORE = 4

@@ -58,7 +58,7 @@ _MIN_SAMPLES = {Signal.LOOP_LAG: 20, Signal.TTS_WAIT: 5, Signal.WHISPER_WAIT: 5,
 @dataclass(frozen=True)
 class HeadroomConfig:
     """Limits of the admitted calls' latency budget (a v2v p99 near 1 s on the capacity
-    benchmark); see the README's capacity table for the figures behind them."""
+    benchmark); the figures behind them are in docs/measurements.md, "Capacity"."""
 
     enabled: bool = True
     loop_lag_p99_s: float = 0.030

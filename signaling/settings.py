@@ -294,9 +294,9 @@ SECTIONS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
                 "cores by default; the engines already use every core)",
                 default=Computed(default_workers, "one per 4 cores"),
                 bound=at_least(1),
-                doc="server processes behind this address, calls spread over them (see README "
-                '"Running it for others"); `1`: a single process, no front. The engines '
-                "already use every core",
+                doc="server processes behind this address, calls spread over them (see "
+                "[operations.md](operations.md#using-every-core---workers)); `1`: a single "
+                "process, no front. The engines already use every core",
             ),
             S(
                 "--session-id-prefix",

@@ -85,7 +85,7 @@ def test_slow_turns_summarizes_the_servers_breakdown_lines() -> None:
 
     log = (
         "12:00:01 WARNING agent.conversation.turns [s1] slow turn 2: 1500 ms from end of speech"
-        " to first audio (over 1000 ms): eou_delay_ms=300 tts_wait_ms=900\n"
+        " to first audio (over 1000 ms): eou_delay_ms=300 tts_wait_ms=900 tts_class=first_audio\n"
         "12:00:02 INFO signaling.app [s2] answered\n"
         "12:00:03 WARNING agent.conversation.turns [s3] slow turn 1: 1100 ms from end of speech"
         " to first audio (over 1000 ms): eou_delay_ms=500 tts_wait_ms=100\n"
@@ -96,3 +96,4 @@ def test_slow_turns_summarizes_the_servers_breakdown_lines() -> None:
     assert out["stages_ms"]["tts_wait_ms"] == {"p50": 500.0, "max": 900.0}
     assert out["stages_ms"]["eou_delay_ms"]["max"] == 500.0
     assert out["workers_replaced"] == 1
+    assert "tts_class" not in out["stages_ms"]  # not a time

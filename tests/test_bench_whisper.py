@@ -1,4 +1,5 @@
-"""The whisper settings benchmark runs, and the README's claims about the window hold on one run.
+"""The whisper settings benchmark runs, and docs/measurements.md's claims about the window
+("The accurate pass") hold on one run.
 
 The quick set is seed 1's 7 items: the audio is the same sample for sample every run and
 greedy decoding gives the same words, so the WER checks are exact; only the times vary.

@@ -51,7 +51,7 @@ async def test_noisy_speech_is_answered_on_time_and_heard(
     print(*table, sep="\n")
     log = "\n".join(line for line in server.log().splitlines() if "heard" in line)
     answered = [r for r in results if r.v2v_ms is not None]
-    # One item in ~30 can still go unanswered (see the README's hearing notes): allow one.
+    # One item in ~30 can still go unanswered (docs/measurements.md, "Hearing"): allow one.
     assert len(answered) >= len(items) - 1, f"answered: {table}\n{log}"
     noisy_or_none = [r.v2v_ms for i, r in zip(items, results, strict=True) if i.condition != "clean"]
     noisy = [v for v in noisy_or_none if v is not None]

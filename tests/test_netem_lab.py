@@ -158,8 +158,8 @@ def run_argv(lab: Lab, out: Path, profiles: str, turns: int) -> list[str]:
     return [str(ROOT / "netem" / "run"), "--profiles", profiles, "--turns", str(turns),
             "--out", str(out), "--name", lab.name, "--mechanism", "fallback",
             "--voices", "piper:1.0,piper:1.25,piper:0.85",
-            # answered: one turn in ~30 still goes unanswered on a clean link (the README's
-            # hearing notes); a profile must answer 2 of its 3, the sweep 8 of its 9.
+            # answered: one turn in ~30 still goes unanswered on a clean link
+            # (docs/measurements.md, "Hearing"); a profile must answer 2 of its 3, the sweep 8 of its 9.
             "--thresholds", "wer=0.5,v2v_ms_p99=4000,answered=0.66"]  # fmt: skip
 
 

@@ -44,3 +44,19 @@ def test_an_idle_process_does_not_advance_and_a_gone_one_reads_none() -> None:
     assert not progress.advanced()
     used = cpu_seconds(os.getpid())
     assert used is not None and used > 0
+
+
+def test_a_process_waiting_for_a_cpu_is_runnable_a_stopped_one_is_not() -> None:
+    from agent.engines.progress import runnable
+
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        assert runnable(proc.pid)
+        os.kill(proc.pid, signal.SIGSTOP)
+        time.sleep(0.1)
+        assert not runnable(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not runnable(proc.pid)

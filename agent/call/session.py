@@ -1,4 +1,4 @@
-"""One call: wires the stages together, top to bottom like the diagram in the README.
+"""One call: wires the stages together, top to bottom like docs/architecture.md's data flow.
 
 remote track → inbound (16 kHz mono frames) → listener (speech detector, endpointer, ASR)
     → turn events → TurnManager → LLM → chunker → TTS → OutboundAudioTrack

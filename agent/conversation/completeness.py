@@ -10,7 +10,8 @@ A pure rule on the words of an accurate transcript (whisper punctuates and cases
                 two words ("No.", "Hello.": often the start of more)
 
 The endpointer then waits `complete_ms`, `incomplete_ms` or its default silence. Numbers
-(mean wait, false cut-offs) are in the README; bench/hearing.py measures them.
+(mean wait, false cut-offs) are in docs/measurements.md ("Hearing"); bench/hearing.py
+measures them.
 """
 
 from __future__ import annotations

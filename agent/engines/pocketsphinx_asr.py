@@ -17,7 +17,8 @@ Under load a worker falls behind (it runs at a low CPU priority): captions come 
 besides its answers, which queue behind the audio, a worker sends a progress beat while it
 gets through its input (asr_worker.PROGRESS), and the pool reads those as they come. A worker
 that dies, or owes answers and shows no progress at all (no answer, no beat) for
-`hung_after_s` — stopped, deadlocked — is killed and replaced (logged at WARNING, counted in
+`hung_after_s` and is not even waiting for a CPU (agent/engines/progress.py) — stopped,
+deadlocked — is killed and replaced (logged at WARNING, counted in
 `restarts`). The utterances
 it was decoding lose their captions — `partial` returns "" — and their `finish` fails with a
 retryable EngineError, which the listener answers with the accurate pass's text or an empty
@@ -60,6 +61,7 @@ from agent.engines.asr_worker import (
     TEXT,
 )
 from agent.engines.interfaces import EngineError
+from agent.engines.progress import runnable
 from agent.engines.worker_setup import CAPTIONS
 
 log = logging.getLogger(__name__)
@@ -115,8 +117,14 @@ class _Process:
 
     def stalled_for(self) -> float:
         """How long it has owed answers without any sign of progress (0 when it owes none):
-        a worker behind on its audio answers late but keeps sending progress beats."""
-        return self._now() - self.progressed_at if self._answers else 0.0
+        a worker behind on its audio answers late but keeps sending progress beats, and one
+        waiting for a CPU (starved by busier processes at its low priority) is slow, not
+        stuck: its beats resume when it runs."""
+        if not self._answers:
+            return 0.0
+        if runnable(self.proc.pid):
+            self.progressed_at = self._now()
+        return self._now() - self.progressed_at
 
     def send(self, kind: int, stream: int, payload: bytes = b"") -> None:
         """Queue a request; a dead process takes nothing (its calls already degraded)."""

@@ -14,7 +14,7 @@ first, which fails with a message naming the symbol if an upgrade moves one of t
 `PATCH_POINTS`, instead of the server misbehaving later. The start-up self-test
 (agent/call/selfcheck.py) runs it too.
 
-The patch points, and why (facts in the README's "Receive path" and "Send path" sections).
+The patch points, and why (facts in docs/architecture.md, "Receive path" and "Send path").
 "Replaced": `install` sets it and `uninstall` restores it; "relied on": used as it is, checked.
 
 Receive path (`receive_path="ringback"`; `"aiortc"` leaves aiortc's own):
