@@ -41,7 +41,7 @@ from harness.peer import LOUD, Caller
 from harness.server import ROOT, run_server
 from harness.speech import QUESTIONS, STORY_REQUEST, synthesize, synthesizer
 
-INTERRUPTION = "Wait, what time is it?"
+INTERRUPTION = "What time is it right now?"  # no pause inside: one turn
 ECHO_QUESTIONS = [QUESTIONS[0], QUESTIONS[2], QUESTIONS[4]]
 DEFAULT_VARIANTS = ["before=/work/main:", "after="]
 # (what the caller asks for, when it talks over the answer): the story, and a short answer

@@ -140,3 +140,13 @@ def test_config_is_validated() -> None:
         EchoConfig(window_ms=30)
     with pytest.raises(ValueError):
         EchoConfig(min_correlation=1.5)
+
+
+def test_the_user_over_a_speakerphone_that_echoes_nothing_is_never_echo(
+    voices: tuple[Pcm16, Pcm16],
+) -> None:
+    """No echo path at all (a headset) while the agent talks: the user's voice, the same
+    piper voice as the agent's, may resemble some stretch of it by chance, but never enough."""
+    agent, user = voices
+    talk = run_call(agent, user, -200.0, 60.0, user_at_s=1.5, codec=True)
+    assert talk["user_flagged"] <= 0.1, talk  # a stray frame; an onset needs 6 in 10

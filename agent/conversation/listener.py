@@ -1,8 +1,11 @@
 """The listener: 16 kHz frames in, typed turn events out.
 
-Per frame: voice activity → the Endpointer → the streaming recognizer. Audio from just
+Per frame: voice activity (less what the echo guard, agent/media/echo.py, finds to be the
+agent's own voice coming back) → the Endpointer → the streaming recognizer. Audio from just
 before the detected onset (pre-roll) is given to the recognizer too, so a word's first
-syllable is not lost to the onset window. While the user speaks, a partial transcript is
+syllable is not lost to the onset window. `SpeechStarted` is reported from the speech
+detector alone: the recognizer is started and given the pre-roll only once the event has been
+handled, so a barge-in never waits for it. While the user speaks, a partial transcript is
 asked for every `partial_interval_ms` and reported when it changes.
 
 With an accurate `Transcriber` (hybrid recognition), the streaming recognizer only gives

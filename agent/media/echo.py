@@ -129,7 +129,10 @@ class EchoGuard:
                 best = lo + int(np.argmax(ncc[lo:hi]))
         corr = float(ncc[best])
         lag_samples = top - best
-        echo = corr >= self.config.min_correlation
+        # Until the echo path is known, only a strong match is echo: the user's voice over
+        # a silent speakerphone must not be taken for the agent's by a chance resemblance.
+        locked = self.locked_lag is not None
+        echo = corr >= (self.config.min_correlation if locked else self.config.lock_correlation)
         if echo:
             self.echo_frames += 1
         return EchoVerdict(echo, corr, lag_samples * 1000 / ASR_RATE_HZ)
