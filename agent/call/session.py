@@ -255,6 +255,15 @@ class Session:
                 self._stats.record_link(self.link.as_event())
             self.events.flush_logs()
             log.info("session ended after %d turns", self.turns.turns_completed)
+            guard = self.echo_guard
+            if guard is not None and guard.checked_frames:
+                log.info(
+                    "echo guard: %d of %d voiced frames compared were the agent's own voice"
+                    " (lag %s ms)",
+                    guard.echo_frames,
+                    guard.checked_frames,
+                    None if guard.locked_lag is None else round(guard.locked_lag / 16),
+                )
 
     async def _dispatch(self, event: TurnEvent) -> None:
         match event:

@@ -14,8 +14,9 @@ their voice is not in the reference: the correlation drops with the share of the
 
 Two codecs (Opus there and back) and the caller's playout change the waveform a little;
 measured on piper speech through both, echo alone correlates at 0.8-0.99, the user over a
-−6 dB echo at < 0.5. The echo path's delay is stable, so once a strong match was found the
-search then keeps to the lags around it (`locked_lag`): a real echo keeps matching there,
+−6 dB echo at < 0.5. The echo path's delay is stable: a frame is echo only at a lag the path
+has shown (`locked_lag`: set by one match >= `lock_correlation`, or two frames in a row
+matching at the same lag), and once it is known the search keeps to the lags around it: a real echo keeps matching there,
 while the user's voiced speech, which over thousands of lags can resemble some stretch of the
 agent's by chance, does not.
 """
@@ -23,6 +24,7 @@ agent's by chance, does not.
 from __future__ import annotations
 
 import collections
+import logging
 import math
 from dataclasses import dataclass
 
@@ -30,6 +32,8 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.audio import ASR_RATE_HZ, OUT_RATE_HZ, Decimator, Pcm16
+
+log = logging.getLogger(__name__)
 
 FRAME_SAMPLES = ASR_RATE_HZ // 50  # 20 ms at 16 kHz
 # Below this (dBFS) the agent sent nothing that could come back audibly; a quiet inbound frame
@@ -44,6 +48,10 @@ class EchoConfig:
     min_correlation: float = 0.6
     lock_correlation: float = 0.85  # a match this strong fixes the echo path's lag
     lock_tolerance_ms: float = 4.0  # once fixed, only lags this close count
+    # Once the echo's level is known: a frame at most this much louder than the echo the
+    # reference predicts is echo even where the codecs blurred the waveform too much to
+    # correlate (the user talking adds their whole voice on top).
+    echo_margin_db: float = 4.5
 
     def __post_init__(self) -> None:
         if self.max_lag_ms < 20 or self.window_ms < 20 or self.window_ms % 20:
@@ -76,6 +84,8 @@ class EchoGuard:
         )
         self._tolerance = round(cfg.lock_tolerance_ms * ASR_RATE_HZ / 1000)
         self.locked_lag: int | None = None  # samples; the echo path's round trip, once known
+        self._last_lag: int | None = None  # the previous compared frame's match, if a good one
+        self.echo_gain: float | None = None  # echo power / sent power, from strong matches
         self.echo_frames = 0
         self.checked_frames = 0
 
@@ -96,7 +106,10 @@ class EchoGuard:
         """Is the inbound 16 kHz frame captured at clock time `t` (its start) echo? Every
         frame is given; only a `voiced` one is compared (the others cost nothing)."""
         self._inbound.append(frame)
-        if not voiced or self._ref_end_t is None or len(self._inbound) < self._inbound.maxlen:  # type: ignore[operator]
+        # Until the echo path is known, every frame may teach it (the greeting's echo, say),
+        # but only a voiced one can be judged echo.
+        learning = self.locked_lag is None or self.echo_gain is None
+        if not (voiced or learning) or self._ref_end_t is None or len(self._inbound) < self._inbound.maxlen:  # type: ignore[operator]
             return EchoVerdict(False, 0.0, None)
         x = np.concatenate(list(self._inbound)).astype(np.float32)
         x_energy = float(np.dot(x, x))
@@ -114,12 +127,28 @@ class EchoGuard:
         ref = self._ref[start:stop]
         if float(np.max(np.abs(ref))) <= _peak_floor():
             return EchoVerdict(False, 0.0, None)
-        self.checked_frames += 1
-        ncc = _normalized_xcorr(x, ref, x_energy)
+        if voiced:
+            self.checked_frames += 1
+        ncc, ref_energy = _normalized_xcorr(x, ref, x_energy)
         top = ref.size - x.size  # index of lag 0; index i is lag top - i
         best = int(np.argmax(ncc))
-        if ncc[best] >= self.config.lock_correlation:
-            self.locked_lag = top - best
+        found = top - best
+        # Two frames in a row matching at the same lag, or one strong match: that is the
+        # echo path (the user's voice resembles the agent's, if at all, at random lags).
+        steady = (
+            self._last_lag is not None
+            and abs(found - self._last_lag) <= self._tolerance
+            and ncc[best] >= self.config.min_correlation
+        )
+        self._last_lag = found if ncc[best] >= self.config.min_correlation else None
+        confirmed = self.locked_lag is not None and abs(found - self.locked_lag) <= self._tolerance
+        if ncc[best] >= self.config.lock_correlation or steady:
+            self.locked_lag = found
+        # The echo's level, only from strong matches where the path already was: one chance
+        # match of the user's voice must not make everything they say look like echo.
+        if confirmed and ncc[best] >= self.config.lock_correlation and ref_energy[best] > 0:
+            gain = x_energy * float(ncc[best]) ** 2 / float(ref_energy[best])
+            self.echo_gain = gain if self.echo_gain is None else 0.8 * self.echo_gain + 0.2 * gain
         if self.locked_lag is not None:
             # Over thousands of lags, the user's voiced speech can resemble some stretch of
             # the agent's by chance; at the echo path's own lag it does not.
@@ -129,10 +158,13 @@ class EchoGuard:
                 best = lo + int(np.argmax(ncc[lo:hi]))
         corr = float(ncc[best])
         lag_samples = top - best
-        # Until the echo path is known, only a strong match is echo: the user's voice over
-        # a silent speakerphone must not be taken for the agent's by a chance resemblance.
         locked = self.locked_lag is not None
-        echo = corr >= (self.config.min_correlation if locked else self.config.lock_correlation)
+        echo = locked and corr >= self.config.min_correlation
+        if locked and not echo and self.echo_gain is not None:
+            predicted = self.echo_gain * float(ref_energy[best])
+            echo = x_energy <= predicted * 10 ** (self.config.echo_margin_db / 10)
+        echo = echo and voiced
+        log.debug("echo check: corr %.2f at %.0f ms, echo %s", corr, lag_samples / 16, echo)
         if echo:
             self.echo_frames += 1
         return EchoVerdict(echo, corr, lag_samples * 1000 / ASR_RATE_HZ)
@@ -149,8 +181,9 @@ def _peak_floor() -> float:
 
 def _normalized_xcorr(
     x: npt.NDArray[np.float32], ref: npt.NDArray[np.float32], x_energy: float
-) -> npt.NDArray[np.float64]:
-    """NCC of `x` against every same-length stretch of `ref` (valid positions, in order)."""
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """NCC of `x` against every same-length stretch of `ref` (valid positions, in order), and
+    each stretch's energy."""
     n, m = x.size, ref.size
     size = 1 << math.ceil(math.log2(n + m))
     spec = np.fft.rfft(ref, size) * np.conj(np.fft.rfft(x, size))
@@ -160,4 +193,4 @@ def _normalized_xcorr(
     # A near-silent stretch of reference explains nothing, however well it correlates.
     denom = np.sqrt(np.maximum(ref_energy, _energy_floor(n)) * x_energy)
     out: npt.NDArray[np.float64] = num / denom
-    return out
+    return out, ref_energy
