@@ -12,13 +12,19 @@ the best-scaled echo is taken out) is echo, not the user. When the user talks ov
 their voice is not in the reference: the correlation drops with the share of their energy
 (a user 6 dB louder than the echo leaves ~0.45), so a barge-in is still heard.
 
-Two codecs (Opus there and back) and the caller's playout change the waveform a little;
-measured on piper speech through both, echo alone correlates at 0.8-0.99, the user over a
-−6 dB echo at < 0.5. The echo path's delay is stable: a frame is echo only at a lag the path
-has shown (`locked_lag`: set by one match >= `lock_correlation`, or two frames in a row
-matching at the same lag), and once it is known the search keeps to the lags around it: a real echo keeps matching there,
-while the user's voiced speech, which over thousands of lags can resemble some stretch of the
-agent's by chance, does not.
+Two codecs (Opus there and back) and the caller's playout change the waveform; offline, on
+piper speech through both, echo alone correlates at 0.8-0.99 and the user over a −6 dB echo at
+< 0.5, but in a live call (concealed and stretched frames, a loaded CPU) echo frames often
+correlate at only 0.4-0.6. So, once the echo's level is known (`echo_gain`, from strong
+matches at the known lag), a frame no louder than the echo the reference predicts plus
+`echo_margin_db` is echo too: the user talking adds their whole voice on top.
+
+The echo path's delay is stable: a frame is echo only at a lag the path has shown
+(`locked_lag`: set by one match >= `lock_correlation`, or two frames in a row matching at the
+same lag), and once it is known the search keeps to the lags around it. A real echo keeps
+matching there; the user's voiced speech, which over thousands of lags can resemble some
+stretch of the agent's by chance, does not. Until the path is known every loud frame is
+compared (the greeting's echo teaches it), but only a voiced one can be judged echo.
 """
 
 from __future__ import annotations
