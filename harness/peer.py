@@ -29,6 +29,7 @@ from agent.media import patches
 from agent.media.inbound import LinkStats, playout_frames
 from agent.media.opus import OpusSendConfig
 from agent.media.outbound import OutboundAudioTrack
+from harness.echo import EchoBuffer, EchoConfig, EchoPath
 from harness.impair import ImpairedLink, Impairment, impair_sender
 
 log = logging.getLogger(__name__)
@@ -97,14 +98,24 @@ class Caller:
     jitter buffer with Opus PLC/FEC, like a browser's) or "aiortc" (aiortc's fixed buffer)."""
 
     def __init__(
-        self, url: str, receive_path: str = "ringback", impairment: Impairment | None = None
+        self,
+        url: str,
+        receive_path: str = "ringback",
+        impairment: Impairment | None = None,
+        echo: EchoConfig | None = None,
     ) -> None:
+        """`echo`: a speakerphone without echo cancellation — what the caller hears leaks
+        into what it sends, that much quieter and later (harness/echo.py)."""
         self.url = url.rstrip("/")
         self.impairment = impairment
         self.impaired: ImpairedLink | None = None
         self.clock = MonotonicClock()
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.mic = OutboundAudioTrack(self.clock, max_ahead_ms=200, on_mark_started=self._started)
+        self.echo = EchoPath(echo) if echo is not None else None
+        playout = EchoBuffer(self.echo, self.clock) if self.echo is not None else None
+        self.mic = OutboundAudioTrack(
+            self.clock, max_ahead_ms=200, on_mark_started=self._started, playout=playout
+        )
         self.events: list[Event] = []
         self.session_id: str | None = None
         self.session_secret = ""  # acting on the call (hang-up, resume) needs it
@@ -204,6 +215,8 @@ class Caller:
                 if frame.rate_hz != OUT_RATE_HZ:
                     raise ValueError(f"caller expects 48 kHz audio, got {frame.rate_hz} Hz")
                 self._frames.append((frame.t, frame.pcm))
+                if self.echo is not None:
+                    self.echo.heard(frame.t, frame.pcm)
 
     # --- speaking --------------------------------------------------------------------------
 
@@ -218,6 +231,17 @@ class Caller:
         t_end = self._mark_start[mark] + offset / OUT_RATE_HZ
         await self.clock.sleep(max(0.0, t_end - self.clock.now()))
         return t_end
+
+    async def started(self, mark: object) -> float:
+        """When the first sample queued with `mark` was sent (waits for it)."""
+        while mark not in self._mark_start:
+            await self._mark_signal.wait()
+        return self._mark_start[mark]
+
+    @property
+    def received(self) -> list[tuple[float, Pcm16]]:
+        """What the caller heard: (arrival, 20 ms of 48 kHz mono) in order."""
+        return self._frames
 
     def speech_onset(self, mark: object, pcm: Pcm16) -> float:
         """When the first loud sample of an utterance played with `mark` was sent."""

@@ -44,8 +44,10 @@ def run_server(
     env: dict[str, str] | None = None,
     port: int | None = None,
     log_transcripts: bool = True,
+    root: Path = ROOT,
 ) -> Iterator[Server]:
     """`ringback serve` on 127.0.0.1 (ICE pinned to loopback); stopped by PID afterwards.
+    `root`: the checkout whose code runs (another one, to compare against it in one run).
 
     Tests read what the agent heard from the log, hence `--log-transcripts` by default. One
     server process (`--workers 1`) unless `args` ask for more."""
@@ -54,10 +56,11 @@ def run_server(
     cmd = [sys.executable, "-m", "signaling", "serve", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--ice-host", "127.0.0.1", *(["--log-transcripts"] if log_transcripts else [])]
     cmd += ["--workers", "1", *args]  # later flags win
+    env = {**os.environ, **(env or {})}
+    if root != ROOT:
+        env["PYTHONPATH"] = str(root)
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
+        proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env)
     server = Server(f"http://127.0.0.1:{port}", proc, log_path)
     try:
         deadline = time.monotonic() + 60

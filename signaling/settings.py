@@ -735,6 +735,18 @@ SECTIONS: tuple[tuple[str, tuple[Setting, ...]], ...] = (
                 doc="voice this far below the user's own level is background (`0`: off)",
             ),
             S(
+                "--no-echo-guard",
+                "agent.speech.echo_guard",
+                "take the agent's own voice coming back for the user, too",
+                kind=FLAG,
+                default=False,
+                to=lambda off: not off,
+                doc="do not check inbound audio against what the agent just sent; by default "
+                "a frame its own recent voice explains (a speakerphone without echo "
+                "cancellation sending it back) is not the user, so it never interrupts the "
+                "agent (agent/media/echo.py)",
+            ),
+            S(
                 "--min-speech-ms",
                 "agent.endpointer.min_speech_ms",
                 "voiced audio that starts a turn or a barge-in",

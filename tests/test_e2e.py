@@ -14,6 +14,7 @@ import pytest
 
 from agent.audio import OUT_RATE_HZ, peak_dbfs
 from agent.engines.local_llm import STORY
+from harness.echo import EchoConfig
 from harness.peer import Caller
 from harness.wer import wer
 from tests.conftest import ROOT, SENTENCES, Server
@@ -153,3 +154,42 @@ def test_call_cli_writes_json(server: Server, tmp_path: Path) -> None:
     from harness.speech import load_wav
 
     assert np.max(np.abs(load_wav(wav).astype(np.int32))) > 3000
+
+
+async def test_the_agents_own_voice_echoed_back_never_cuts_a_reply(
+    server: Server, speech: dict[str, Any]
+) -> None:
+    """A speakerphone without echo cancellation: what the caller hears goes back into its
+    microphone 6 dB quieter and 60 ms later. The agent never takes that for the user (no reply
+    cut, none of its words heard as the user's), and the user talking over it still cuts in."""
+    caller = Caller(server.url, echo=EchoConfig(gain_db=-6.0, delay_ms=60.0))
+    questions = CONVERSATION[:3]
+    try:
+        await caller.connect()
+        t0 = caller.clock.now()
+        results = [await caller.say(text, speech[text]) for text in questions]
+        await caller.play(speech["Tell me a story."], "story")
+        speaking = await caller.wait_event(
+            lambda d: d.get("type") == "state" and d.get("state") == "speaking", t0, 10
+        )
+        assert speaking is not None, "the agent never started the story"
+        await asyncio.sleep(3.0)  # the story plays, its echo going back
+        t_barge = caller.clock.now()
+        before = [e.data for e in caller.events if e.t < t_barge]
+        interruption = speech["What time is it?"]
+        await caller.play(interruption, "barge")
+        onset = caller.speech_onset("barge", interruption)
+        turn = await caller.wait_event(
+            lambda d: d.get("type") == "turn" and d.get("interrupted") is True, t_barge, 10
+        )
+    finally:
+        await caller.close()
+
+    cut = [d for d in before if d.get("type") == "turn" and d.get("interrupted")]
+    assert not cut, f"the agent's own voice cut {len(cut)} replies: {cut}"
+    finals = [d["text"] for d in before if d.get("type") == "final" and d.get("text")]
+    assert len(finals) == len(questions) + 1, f"heard more than the caller said: {finals}"
+    for r in results:
+        assert r.reply and not r.interrupted, r
+    assert turn is not None, "the caller talking over the echoed story did not cut in"
+    assert turn.t - onset < 1.0, f"barge-in under echo took {(turn.t - onset) * 1000:.0f} ms"

@@ -32,6 +32,7 @@ FLAGS = """
 --llm-token-timeout-s --llm-filler-after-s --llm-fallback-url --llm-fallback-model
 --llm-breaker-failures --llm-breaker-reset-s --asr --asr-workers --whisper-workers
 --whisper-threads --speech-detector --vad-aggressiveness --silero-threshold --talker-margin-db
+--no-echo-guard
 --asr-max-decoders --turn-end --eou-complete-ms --eou-incomplete-ms --min-speech-ms --eou-silence-ms --speculate-ms
 --no-speculation --greeting --system-prompt --budgets --slow-turn-ms --receive-path
 --jitter-min-ms --jitter-max-ms --opus-bitrate --opus-loss-pct --log-level --workers
@@ -58,7 +59,7 @@ def test_the_reference_is_generated_from_the_declarations() -> None:
 
 def test_every_flag_keeps_its_name_and_its_variable() -> None:
     assert sorted(s.flag for s in SETTINGS) == sorted(FLAGS)
-    assert len(FLAGS) == 69
+    assert len(FLAGS) == 70
     for s in SETTINGS:
         assert s.env == "RINGBACK_" + s.flag.removeprefix("--").replace("-", "_").upper()
     actions = argparse.ArgumentParser()

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiortc.mediastreams import MediaStreamTrack
 
+from agent.audio import Pcm16
 from agent.call import logctx
 from agent.call.config import AgentConfig
 from agent.call.engines import Engines
@@ -45,6 +46,7 @@ from agent.conversation.speech_detector import SpeechDetector
 from agent.conversation.tools import CallControl
 from agent.conversation.turns import State, TurnManager
 from agent.engines.interfaces import Message, Role
+from agent.media.echo import EchoGuard
 from agent.media.inbound import LinkStats, inbound_frames
 from agent.media.outbound import OutboundAudioTrack
 
@@ -76,8 +78,13 @@ class Session:
         self.events = EventChannel(session_id, on_mute=self.mute.set, now=clock.now)
         self.link: LinkStats | None = None
         self._stats = stats
+        # What the agent sends is the reference its echo check looks for in what it hears.
+        self.echo_guard = EchoGuard() if config.speech.echo_guard else None
         self.outbound = OutboundAudioTrack(
-            clock, config.outbound_max_ahead_ms, on_mark_started=self._on_mark_started
+            clock,
+            config.outbound_max_ahead_ms,
+            on_mark_started=self._on_mark_started,
+            on_sent=self._on_sent,
         )
         self.agent = engines.agent
         self.control = CallControl(session_id, context, announcer=self._announce_later)
@@ -106,6 +113,10 @@ class Session:
     def turns_total(self) -> int:
         """Turns of the conversation: those kept from before a resume, and this call's."""
         return self.earlier_turns + self.turns.turns_completed
+
+    def _on_sent(self, pcm: Pcm16, t: float) -> None:
+        if self.echo_guard is not None:
+            self.echo_guard.sent(t, pcm)
 
     def _on_mark_started(self, mark: Hashable, t: float) -> None:
         self.turns.on_mark_started(mark, t)
@@ -224,6 +235,7 @@ class Session:
             recognizer_ready=opening,
             transcriber=self.engines.transcriber,
             may_continue=self.turns.may_continue,
+            echo_guard=self.echo_guard,
         )
         frames = self.mute.filter(
             inbound_frames(track, self.clock, cfg.jitter, on_stats=self._on_link)
@@ -243,6 +255,15 @@ class Session:
                 self._stats.record_link(self.link.as_event())
             self.events.flush_logs()
             log.info("session ended after %d turns", self.turns.turns_completed)
+            guard = self.echo_guard
+            if guard is not None and guard.checked_frames:
+                log.info(
+                    "echo guard: %d of %d voiced frames compared were the agent's own voice"
+                    " (lag %s ms)",
+                    guard.echo_frames,
+                    guard.checked_frames,
+                    None if guard.locked_lag is None else round(guard.locked_lag / 16),
+                )
 
     async def _dispatch(self, event: TurnEvent) -> None:
         match event:

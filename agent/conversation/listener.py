@@ -1,8 +1,11 @@
 """The listener: 16 kHz frames in, typed turn events out.
 
-Per frame: voice activity → the Endpointer → the streaming recognizer. Audio from just
+Per frame: voice activity (less what the echo guard, agent/media/echo.py, finds to be the
+agent's own voice coming back) → the Endpointer → the streaming recognizer. Audio from just
 before the detected onset (pre-roll) is given to the recognizer too, so a word's first
-syllable is not lost to the onset window. While the user speaks, a partial transcript is
+syllable is not lost to the onset window. `SpeechStarted` is reported from the speech
+detector alone: the recognizer is started and given the pre-roll only once the event has been
+handled, so a barge-in never waits for it. While the user speaks, a partial transcript is
 asked for every `partial_interval_ms` and reported when it changes.
 
 With an accurate `Transcriber` (hybrid recognition), the streaming recognizer only gives
@@ -41,6 +44,7 @@ from agent.conversation.completeness import TurnEndConfig, completeness
 from agent.conversation.endpointer import Endpointer, EndpointKind
 from agent.engines.interfaces import EngineError, Recognizer, Transcriber, Transcription
 from agent.engines.priority import Priority, Urgency
+from agent.media.echo import EchoGuard
 from agent.metrics import TurnMetrics
 
 log = logging.getLogger(__name__)
@@ -120,8 +124,13 @@ class Listener:
         recognizer_ready: Awaitable[None] | None = None,
         transcriber: Transcriber | None = None,
         may_continue: Callable[[], bool] = lambda: False,
+        echo_guard: EchoGuard | None = None,
     ) -> None:
+        """`echo_guard`: voiced frames it finds to be the agent's own voice coming back are
+        taken as silence."""
         self._vad = vad
+        self._echo = echo_guard
+        self._opening: tuple[Frame, bool] | None = None  # a turn began: open the recognizer
         self._endpointer = endpointer
         self._rec = recognizer
         self._clock = clock
@@ -153,17 +162,23 @@ class Listener:
             async for frame in frames:
                 for event in await self.feed(frame):
                     yield event
+                # After SpeechStarted was handled (a barge-in silenced the agent already).
+                await self._open_turn()
         finally:
             await self._drop_pass(wasted=False)
 
     async def feed(self, frame: Frame) -> list[TurnEvent]:
         """One frame in; the turn events it caused (usually none)."""
+        await self._open_turn()
         out: list[TurnEvent] = []
         hypothesis = self._pass_result()  # before the endpointer: it may shorten the silence
         if hypothesis is not None:
             out.append(hypothesis)
         ep, rec = self._endpointer, self._rec
-        event = ep.feed(self._vad.is_speech(frame.pcm16), frame.t)
+        voiced = self._vad.is_speech(frame.pcm16)
+        if self._echo is not None and self._echo.check(frame.t, frame.pcm16, voiced).echo:
+            voiced = False  # the agent hearing itself: not the user
+        event = ep.feed(voiced, frame.t)
         if event is None:
             if not ep.in_speech:
                 self._preroll.append(frame.pcm16)
@@ -176,7 +191,7 @@ class Listener:
 
         kind = event.kind
         if kind == EndpointKind.SPEECH_START:
-            return [*out, await self._start(frame, event.speech_start)]
+            return [*out, await self._start(frame, event.speech_start)]  # then _open_turn
         if kind == EndpointKind.NOISE and self._continued:
             # Too short for a turn of its own, but it continues one: a last short word
             # ("... two plus" — "three"). Ending the turn here keeps it (the reply to the first
@@ -235,6 +250,17 @@ class Listener:
             m.mark("speech_start", previous.speech_start, overwrite=True)
         m.mark("asr_started", self._clock.now())
         self._last_partial, self._last_partial_t = "", frame.t
+        # The turn manager hears of it now, from the speech detector alone: a barge-in must
+        # not wait for the recognizer (`_open_turn` runs once the event has been handled).
+        self._opening = (frame, continues)
+        return SpeechStarted(m, continues_turn=continues)
+
+    async def _open_turn(self) -> None:
+        """The recognizer's side of a turn's start: start it and give it the pre-roll and
+        the onset frame."""
+        if self._opening is None:
+            return
+        (frame, continues), self._opening = self._opening, None
         if self._ready is not None:
             await self._ready  # normally long done; raises if the recognizer failed to open
         await self._rec.start()
@@ -250,7 +276,6 @@ class Listener:
                 await self._rec.push(pcm)
         self._preroll.clear()
         await self._push(frame.pcm16)
-        return SpeechStarted(m, continues_turn=continues)
 
     async def _partial(self, t: float) -> Partial | None:
         if t - self._last_partial_t < self._config.partial_interval_ms / 1000:

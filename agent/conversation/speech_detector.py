@@ -53,6 +53,9 @@ class SpeechDetectorConfig:
     vad_aggressiveness: int = 2
     silero_threshold: float = 0.5
     talker_margin_db: float = 12.0  # 0 disables the talker gate
+    # Inbound audio that the agent's own recently sent voice explains is not the user
+    # (agent/media/echo.py; the listener applies it, the call's wiring feeds it).
+    echo_guard: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in DETECTORS:

@@ -113,9 +113,13 @@ class TurnManager:
     async def on_speech_start(self, continues_turn: bool = False) -> None:
         """The user started speaking. `continues_turn`: they went on with the turn that just
         ended (the listener merged the audio): a reply they have not heard yet is taken back
-        silently, as if the turn had never ended; one already playing is a barge-in."""
-        await self._discard_speculative()
+        silently, as if the turn had never ended; one already playing is a barge-in. Either way
+        the agent falls silent before anything here awaits."""
         active = self._active
+        if active is not None:
+            active.stop()
+            self.sink.clear()
+        await self._discard_speculative()
         if active is not None and continues_turn and self.reply_unheard():
             await self._retract(active)
         elif active is not None:
@@ -209,9 +213,8 @@ class TurnManager:
 
     async def _retract(self, reply: Reply) -> None:
         """The turn had not really ended: cancel the reply; nothing was heard, nothing is
-        kept, and the user's words come back in the continued turn's final."""
-        reply.stop()
-        self.sink.clear()
+        kept, and the user's words come back in the continued turn's final. (The caller,
+        on_speech_start, already stopped it and cleared the track.)"""
         self._active = None
         await reply.cancel()
         for unit in reply.units:
@@ -221,8 +224,7 @@ class TurnManager:
         log.info("reply %d taken back: the user went on with %r", reply.id, reply.user_text[-60:])
 
     async def _barge_in(self, reply: Reply) -> None:
-        reply.stop()
-        self.sink.clear()
+        """The reply is already stopped and the track cleared (on_speech_start)."""
         self._active = None
         await reply.cancel()
         heard = reply.heard_text()

@@ -53,12 +53,18 @@ class OutboundAudioTrack(MediaStreamTrack):
         clock: Clock,
         max_ahead_ms: int = 300,
         on_mark_started: Callable[[Hashable, float], None] | None = None,
+        playout: PlayoutBuffer | None = None,
+        on_sent: Callable[[Pcm16, float], None] | None = None,
     ) -> None:
+        """`playout`: the buffer frames are pulled from (a test peer's may mix in an echo).
+        `on_sent(pcm, t)`: every 20 ms slot as sent (silence too), with its clock time — the
+        reference an echo check compares the inbound audio with (agent/media/echo.py)."""
         super().__init__()
         self._clock = clock
-        self._buffer = PlayoutBuffer()
+        self._buffer = playout or PlayoutBuffer()
         self._max_ahead = OUT_RATE_HZ * max_ahead_ms // 1000
         self._on_mark_started = on_mark_started
+        self._on_sent = on_sent
         self._changed = asyncio.Event()
         self._epoch = 0  # bumped by clear(): audio still waiting for room then is stale
         self._t0: float | None = None
@@ -112,6 +118,8 @@ class OutboundAudioTrack(MediaStreamTrack):
             if self._on_mark_started is not None:
                 self._on_mark_started(mark, t)
         self._wake()
+        if self._on_sent is not None:
+            self._on_sent(pulled.pcm, t)
         data: av.AudioFrame | OpusPacket
         if self._encoder is not None:
             data = av.Packet(self._encoder.encode(pulled.pcm))
