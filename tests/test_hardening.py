@@ -22,6 +22,7 @@ from aiortc import RTCDataChannel
 
 from harness.peer import Caller
 from tests.conftest import Server, run_server
+from tests.test_patches import NOT_UTF8, send_as_text
 from tests.test_security import silence_mic
 from tests.test_signaling import wait_sessions
 
@@ -45,11 +46,31 @@ def spy_on_channels(caller: Caller) -> list[RTCDataChannel]:
     return created
 
 
-async def drained(channel: RTCDataChannel, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while channel.bufferedAmount > 0:
-        assert time.monotonic() < deadline, f"{channel.bufferedAmount} bytes never left"
+async def delivered(channel: RTCDataChannel, timeout_s: float) -> float:
+    """Wait until the other side has handled every message sent on `channel`; return how long
+    that took.
+
+    `bufferedAmount` reaching 0 only means aiortc moved the messages into its SCTP send queue.
+    A flood of thousands of datagrams overflows the receiver's UDP socket buffer, even on
+    loopback, and aiortc's SCTP recovers what was lost by retransmission timeouts (at least
+    1 s each, then resending its whole unacknowledged queue from a one-packet window): the
+    flood can take many seconds to arrive on a loaded machine (aiortc's reassembly of a large
+    message, quadratic in its size, also holds the receiver's loop: ~0.3 s for 1 MB, so more
+    of what follows is lost). The receiving aiortc runs the channel's "message" handler
+    before it acknowledges a chunk, so once nothing is left unacknowledged the other side has
+    handled every message.
+    """
+    sctp = channel.transport
+    t_start = time.monotonic()
+    while channel.bufferedAmount > 0 or sctp._outbound_queue or sctp._sent_queue:
+        waited_s = time.monotonic() - t_start
+        assert channel.readyState == "open", f"the channel is {channel.readyState}"
+        assert waited_s < timeout_s, (
+            f"after {waited_s:.0f} s, {channel.bufferedAmount} bytes not sent and "
+            f"{len(sctp._outbound_queue) + len(sctp._sent_queue)} chunks not acknowledged"
+        )
         await asyncio.sleep(0.05)
+    return time.monotonic() - t_start
 
 
 def lines_of(server: Server, session_id: str) -> list[str]:
@@ -81,6 +102,7 @@ async def test_hostile_data_channel_messages_neither_end_the_call_nor_flood_the_
         # A peer that ignores the max-message-size our SDP advertises (aiortc's own sender
         # refuses to send past it; a hostile peer does not ask).
         events.transport._remote_max_message_size = 0
+        t_flood = time.monotonic()
         events.send("\x00\x1b[2J\nFORGED line")  # first: the first few lines are logged
         events.send("[" * 1000)  # RecursionError in json.loads: this ended the call
         events.send("{" * 1000)
@@ -91,10 +113,15 @@ async def test_hostile_data_channel_messages_neither_end_the_call_nor_flood_the_
         for i in range(2000):  # a flood of junk and mute toggles from one caller
             events.send(f"junk {i}")
             events.send(json.dumps({"type": "mute", "muted": False}))
-        await drained(events)
+        # How long the flood takes to arrive is the transport's business (see `delivered`;
+        # measured 3-32 s at load 2-9 on 2 cores), not the agent's: wait for it generously,
+        # then the agent must answer at once.
+        took_s = await delivered(events, timeout_s=120)
+        flood_s = time.monotonic() - t_flood
+        assert caller.pc.connectionState == "connected", f"the call ended ({took_s:.1f} s)"
         events.send(json.dumps({"type": "ping", "t": 42}))
         pong = await caller.wait_event(lambda d: d == {"type": "pong", "t": 42}, 0.0, 10)
-        assert pong is not None, "the events channel stopped answering"
+        assert pong is not None, f"the events channel stopped answering (flood took {took_s:.1f} s)"
         assert caller.pc.connectionState == "connected"
 
         result = await caller.say(QUESTION, speech[QUESTION])
@@ -108,7 +135,12 @@ async def test_hostile_data_channel_messages_neither_end_the_call_nor_flood_the_
     junk = [line for line in mine if "ignored a malformed events message" in line]
     mutes = [line for line in mine if "caller unmuted" in line]
     # 4000+ messages; per 10 s window: 5 lines and one count, plus the count at the end.
-    assert 1 <= len(junk) <= 5 * 4 and 1 <= len(mutes) <= 5 * 4, (len(junk), len(mutes))
+    windows = max(4, 2 + int(flood_s // 10))  # the flood arrives over `flood_s`
+    assert 1 <= len(junk) <= 5 * windows and 1 <= len(mutes) <= 5 * windows, (
+        len(junk),
+        len(mutes),
+        flood_s,
+    )
     held = sum(int(n) for n in re.findall(r"… (\d+) more ignored events messages", "\n".join(mine)))
     assert held + len(junk) >= 2000 + 5, (held, len(junk), summary)
     assert re.search(r"… \d+ more mute changes in the last", "\n".join(mine))
@@ -116,6 +148,38 @@ async def test_hostile_data_channel_messages_neither_end_the_call_nor_flood_the_
     assert "Traceback" not in log and "RecursionError" not in log
     assert not any(line.startswith("FORGED") for line in log.splitlines())
     assert "\\x00\\x1b[2J\\x0aFORGED line" in log
+
+
+async def test_text_that_is_not_utf8_does_not_end_the_call(
+    server: Server, speech: dict[str, Any]
+) -> None:
+    """aiortc decodes a message sent with the string PPID before any handler sees it, in its
+    DTLS reader: invalid UTF-8 there ended the call (agent/media/patches.py delivers it as
+    bytes instead, which the events channel ignores as malformed)."""
+    caller = Caller(server.url)
+    channels = spy_on_channels(caller)
+    try:
+        await caller.connect()
+        (events,) = channels
+        sid = caller.session_id
+        assert sid is not None
+        for raw in NOT_UTF8:
+            await send_as_text(events, raw)
+        events.send(json.dumps({"type": "ping", "t": 7}))
+        pong = await caller.wait_event(lambda d: d == {"type": "pong", "t": 7}, 0.0, 10)
+        assert pong is not None, "the events channel stopped answering"
+        assert caller.pc.connectionState == "connected"
+
+        result = await caller.say(QUESTION, speech[QUESTION])
+        assert result.reply and result.reply.startswith("It's"), result
+        assert caller.pc.connectionState == "connected"
+    finally:
+        await caller.close()
+    mine = "\n".join(lines_of(server, sid))
+    for raw in NOT_UTF8:
+        logged = f"ignored a malformed events message (binary, {len(raw)} bytes): {raw.hex()}"
+        assert logged in mine, (logged, mine)
+    assert "UnicodeDecodeError" not in server.log()
 
 
 # --- 3: log injection over HTTP --------------------------------------------------------------

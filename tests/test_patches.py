@@ -12,8 +12,9 @@ from importlib.metadata import version
 import av
 import numpy as np
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection
 from aiortc.codecs import CODECS
+from aiortc.rtcsctptransport import RTCSctpTransport
 
 from agent.clock import MonotonicClock
 from agent.media import patches
@@ -23,8 +24,11 @@ from agent.media.outbound import OutboundAudioTrack
 from tests.test_opus import speech_like
 
 LOOPBACK = ["127.0.0.1"]
+# What every install replaces, whatever it is asked for.
+DATA_CHANNELS = "aiortc.rtcsctptransport.RTCSctpTransport._data_channel_receive"
 # What a full install replaces; every other patch point is only relied on (and checked).
 REPLACED = {
+    DATA_CHANNELS,
     "aioice.ice.get_host_addresses",
     "aiortc.rtcrtpreceiver.JitterBuffer",
     "aiortc.rtcrtpreceiver.get_decoder",
@@ -232,7 +236,7 @@ async def test_received_audio_reaches_the_track_on_the_loop_not_through_a_thread
 
 def test_uninstall_restores_every_patch_point() -> None:
     before, params = patch_points(), codec_parameters()
-    assert len(before) >= len(patches.PATCH_POINTS) == 16
+    assert len(before) >= len(patches.PATCH_POINTS) == 19
     installed = patches.install("ringback", OpusSendConfig(), LOOPBACK)
     try:
         assert installed.installed
@@ -255,18 +259,21 @@ def test_each_part_installs_only_itself() -> None:
     before = patch_points()
     parts = {
         ("ringback", None, ()): {
+            DATA_CHANNELS,
             "aiortc.rtcrtpreceiver.JitterBuffer",
             "aiortc.rtcrtpreceiver.get_decoder",
             "aiortc.rtcrtpreceiver.RTCRtpReceiver.receive",
         },
         ("aiortc", OpusSendConfig(), ()): {
+            DATA_CHANNELS,
             "aiortc.rtcrtpsender.get_encoder",
             "aiortc.rtcrtpsender.RTCRtpSender.send",
             "aiortc.rtcrtpsender.RTCRtpSender.replaceTrack",
             "aiortc.rtp.compute_audio_level_dbov",
             "CODECS[audio] audio/opus parameters",
         },
-        ("aiortc", None, ("127.0.0.1",)): {"aioice.ice.get_host_addresses"},
+        ("aiortc", None, ("127.0.0.1",)): {DATA_CHANNELS, "aioice.ice.get_host_addresses"},
+        ("aiortc", None, ()): {DATA_CHANNELS},
     }
     for (path, send, hosts), replaced in parts.items():
         with patches.install(path, send, hosts) as installed:
@@ -371,9 +378,92 @@ async def test_a_loopback_call_works_with_the_patches_and_after_uninstall() -> N
 
     # aiortc's own paths; only the host candidates are pinned (aioice never offers loopback).
     with patches.install("aiortc", None, LOOPBACK):
-        assert changed(before) == {"aioice.ice.get_host_addresses"}
+        assert changed(before) == {DATA_CHANNELS, "aioice.ice.get_host_addresses"}
         got, mic, answer = await _loopback_call()
     assert all(isinstance(f, av.AudioFrame) and f.sample_rate == 48_000 for f in got), got[:2]
     assert mic.encoder is None, "aiortc encoded the track's frames itself"
     assert "useinbandfec" not in answer
     assert changed(before) == set()
+
+
+# --- data channels: text that is not UTF-8 ----------------------------------------------------
+
+
+async def send_as_text(channel: RTCDataChannel, raw: bytes) -> None:
+    """Send `raw` with the string PPID, as a peer that does not check its UTF-8 does (aiortc's
+    own `send` encodes a str): queued behind what `channel` already sends, like aiortc's."""
+    from aiortc.rtcsctptransport import WEBRTC_STRING
+
+    sctp = channel.transport
+    channel._addBufferedAmount(len(raw))
+    sctp._data_channel_queue.append((channel, WEBRTC_STRING, raw))
+    await sctp._data_channel_flush()
+
+
+# A bad start byte, a cut sequence, an encoded surrogate.
+NOT_UTF8 = (b"\xff\xfe\xfd", b'{"type":"ping","t":\xc3}', b"\xed\xa0\x80")
+
+
+async def _text_that_is_not_utf8(
+    patched: bool, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[str | bytes], str]:
+    """Two in-process peers: one sends NOT_UTF8 as text, then valid text. What the other's
+    channel received, and its connection state after."""
+    received: list[str | bytes] = []
+    settled = asyncio.Event()  # the last message arrived, or the connection ended
+    with patches.install("aiortc", None, LOOPBACK) as installed:
+        if not patched:  # aiortc's own receive, as without the patch
+            monkeypatch.setattr(
+                RTCSctpTransport, "_data_channel_receive", installed.original(DATA_CHANNELS)
+            )
+        caller = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        agent = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+        @agent.on("connectionstatechange")
+        def on_state() -> None:
+            if agent.connectionState in ("failed", "closed"):
+                settled.set()
+
+        @agent.on("datachannel")
+        def on_channel(channel: RTCDataChannel) -> None:
+            @channel.on("message")
+            def on_message(message: str | bytes) -> None:
+                received.append(message)
+                if message == "é the end":
+                    settled.set()
+
+        opened = asyncio.Event()
+        channel = caller.createDataChannel("events")
+        channel.on("open", opened.set)
+        try:
+            await caller.setLocalDescription(await caller.createOffer())
+            await agent.setRemoteDescription(caller.localDescription)
+            await agent.setLocalDescription(await agent.createAnswer())
+            await caller.setRemoteDescription(agent.localDescription)
+            await asyncio.wait_for(opened.wait(), 10)
+            for raw in NOT_UTF8:
+                await send_as_text(channel, raw)
+            channel.send('{"type":"ping"}')
+            channel.send("é the end")
+            await asyncio.wait_for(settled.wait(), 10)
+            return received, agent.connectionState
+        finally:
+            await caller.close()
+            await agent.close()
+            monkeypatch.undo()
+
+
+async def test_text_that_is_not_utf8_arrives_as_bytes_and_the_call_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    received, state = await _text_that_is_not_utf8(True, monkeypatch)
+    assert received == [*NOT_UTF8, '{"type":"ping"}', "é the end"], received
+    assert state == "connected"
+
+
+async def test_without_the_patch_text_that_is_not_utf8_ends_the_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Why the patch point exists: aiortc's own decode raises in its DTLS reader."""
+    received, state = await _text_that_is_not_utf8(False, monkeypatch)
+    assert received == [] and state in ("failed", "closed"), (received, state)

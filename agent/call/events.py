@@ -10,8 +10,10 @@ ignored. Log lines name the call through the logging context (logctx.py).
 Whatever a peer sends — any size, nesting, encoding or rate — is answered or ignored, never
 fatal: `receive` runs inside aiortc's DTLS reader, where one exception ends the call. So a
 message is refused by its size and bracket count before it is parsed, parsing failures of
-every kind are caught, and `receive` itself lets no exception out. Lines a peer can trigger
-per message are throttled (logctx.ThrottledLog) and quote its content escaped.
+every kind are caught, and `receive` itself lets no exception out. (A text message that is
+not UTF-8 would raise in aiortc before `receive` runs: agent/media/patches.py has aiortc
+deliver it as bytes, refused here as malformed JSON.) Lines a peer can trigger per message
+are throttled (logctx.ThrottledLog) and quote its content escaped.
 """
 
 from __future__ import annotations

@@ -53,6 +53,15 @@ Send path and SDP (`opus_send` given; None leaves aiortc's own):
   instead of aiortc's pure-Python loop, ~56 µs on the event loop) for tracks that still hand
   aiortc frames.
 
+Data channels (always):
+- `RTCSctpTransport._data_channel_receive` (replaced): aiortc decodes a message sent with the
+  string PPID (`WEBRTC_STRING`) as UTF-8 before any handler runs, inside the DTLS reader: a
+  peer sending invalid UTF-8 there raised UnicodeDecodeError and ended the call. Such a
+  message is now delivered as the bytes it is (`WEBRTC_BINARY`), which a handler can refuse
+  as malformed (agent/call/events.py does). Valid text arrives as before (text that is not
+  ASCII is decoded once more, to check it).
+- `aiortc.rtcsctptransport.WEBRTC_STRING` / `WEBRTC_BINARY` (relied on): the PPIDs.
+
 ICE (`host_addresses` given; empty leaves aioice's own):
 - `aioice.ice.get_host_addresses` (replaced): aioice never offers loopback; tests pin 127.0.0.1.
 
@@ -104,6 +113,9 @@ PATCH_POINTS: tuple[tuple[str, str], ...] = (
     ("aiortc.rtcrtpsender", "RTCRtpSender._next_encoded_frame"),
     ("aiortc.codecs.opus", "OpusEncoder.pack"),
     ("aiortc.rtp", "compute_audio_level_dbov"),
+    ("aiortc.rtcsctptransport", "RTCSctpTransport._data_channel_receive"),
+    ("aiortc.rtcsctptransport", "WEBRTC_STRING"),
+    ("aiortc.rtcsctptransport", "WEBRTC_BINARY"),
 )
 
 # The functions `install` replaces with its own (each marked with its installation).
@@ -115,6 +127,7 @@ MARKED_POINTS: tuple[tuple[str, str], ...] = (
     ("aiortc.rtcrtpsender", "get_encoder"),
     ("aiortc.rtcrtpsender", "RTCRtpSender.send"),
     ("aiortc.rtcrtpsender", "RTCRtpSender.replaceTrack"),
+    ("aiortc.rtcsctptransport", "RTCSctpTransport._data_channel_receive"),
 )
 
 OWN_DECODE = frozenset({"opus", "PCMU", "PCMA"})
@@ -270,10 +283,11 @@ def install(
     not patched). `opus_send`: Opus SDP, encoder settings and inline encoding (None: aiortc's
     own). `host_addresses`: the only ICE host candidates (empty: aioice's own).
 
+    Every installation makes data channels survive invalid UTF-8 sent as text.
+
     While an installation is active, another is refused (PatchError): uninstall it first. With
     `shared=True` and the same settings, the caller gets its own handle on the active one
-    instead (different settings are still refused). An installation that replaces nothing
-    ("aiortc", None, no addresses) blocks no other.
+    instead (different settings are still refused).
     """
     if receive_path not in RECEIVE_PATHS:
         raise ValueError(
@@ -295,6 +309,7 @@ def install(
         return Patches(active)
     installation = _Installation(settings)
     try:
+        _patch_data_channels(installation)
         if settings.host_addresses:
             _pin_host_addresses(installation, settings.host_addresses)
         if receive_path == "ringback":
@@ -322,6 +337,33 @@ def _pin_host_addresses(installation: _Installation, addresses: tuple[str, ...])
         ice,
         "get_host_addresses",
         installation.mark(get_host_addresses),
+    )
+
+
+# --- data channels ------------------------------------------------------------------------
+
+
+def _patch_data_channels(installation: _Installation) -> None:
+    """A text message that is not UTF-8 reaches the channel's handler as bytes instead of
+    raising in aiortc's DTLS reader (which ends the call)."""
+    sctp: Any = importlib.import_module("aiortc.rtcsctptransport")
+    transport_class = sctp.RTCSctpTransport
+    original_receive = transport_class._data_channel_receive
+    string_ppid, binary_ppid = sctp.WEBRTC_STRING, sctp.WEBRTC_BINARY
+
+    async def data_channel_receive(self: Any, stream_id: int, pp_id: int, data: bytes) -> None:
+        if pp_id == string_ppid and not data.isascii():
+            try:
+                data.decode("utf8")
+            except UnicodeDecodeError:
+                pp_id = binary_ppid
+        await original_receive(self, stream_id, pp_id, data)
+
+    installation.replace(
+        "aiortc.rtcsctptransport.RTCSctpTransport._data_channel_receive",
+        transport_class,
+        "_data_channel_receive",
+        installation.mark(data_channel_receive),
     )
 
 
