@@ -32,17 +32,20 @@ run: $(STAMP)
 check: $(STAMP)
 	scripts/bootstrap.sh system
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -ra -m "not e2e and not browser and not netem and not slow" $(ARGS)
 
 test: $(STAMP)
 	scripts/bootstrap.sh system
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -ra $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 docs: $(STAMP)

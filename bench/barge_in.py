@@ -113,7 +113,11 @@ async def _barge(
     if audible is None:
         return {"case": case, "after_s": after_s, "error": "the reply never played"}
     await asyncio.sleep(max(0.0, audible + after_s - time.monotonic()))
-    return {"case": f"{case} {after_s}s", "after_s": after_s, **await _barge_now(caller, speech, t0)}
+    return {
+        "case": f"{case} {after_s}s",
+        "after_s": after_s,
+        **await _barge_now(caller, speech, t0),
+    }
 
 
 async def barge_trial(

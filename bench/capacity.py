@@ -321,9 +321,7 @@ def usage(root: int, pss: bool = False) -> Usage:
         rss += int(fields[21]) * PAGE_BYTES / 2**20
         if pss:
             pss_total += pss_mb(pid)
-    return Usage(
-        cpu, rss, time.monotonic(), by_kind, machine_busy_s(), pss_total if pss else None
-    )
+    return Usage(cpu, rss, time.monotonic(), by_kind, machine_busy_s(), pss_total if pss else None)
 
 
 # --- the ramp ----------------------------------------------------------------------------

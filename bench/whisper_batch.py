@@ -68,7 +68,9 @@ async def burst(pool: WhisperPool, clips: Sequence[Clip]) -> tuple[float, list[f
     return max(t for t, _ in done), [t for t, _ in done], statistics.mean(w for _, w in done)
 
 
-async def measure(layout: Layout, max_batch: int, clips: list[Clip], repeats: int) -> dict[str, Any]:
+async def measure(
+    layout: Layout, max_batch: int, clips: list[Clip], repeats: int
+) -> dict[str, Any]:
     pool = WhisperPool(
         WhisperConfig(workers=layout.workers, cpu_threads=layout.cpu_threads, max_batch=max_batch)
     )

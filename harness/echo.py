@@ -29,7 +29,7 @@ class EchoConfig:
 
     @classmethod
     def parse(cls, text: str) -> EchoConfig:
-        """"-6:60" → gain −6 dB, 60 ms late."""
+        """ "-6:60" → gain −6 dB, 60 ms late."""
         gain, _, delay = text.partition(":")
         return cls(float(gain), float(delay or 60))
 

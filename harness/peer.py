@@ -305,8 +305,10 @@ class Caller:
         # Not a turn the caller cut off while still speaking (the agent answered "what is two
         # plus" and was interrupted by "three"): the answer is the turn after it.
         turn = await self.wait_event(
-            lambda d: (d.get("type") == "turn" and not d.get("interrupted"))
-            or (d.get("type") == "final" and not d.get("text")),
+            lambda d: (
+                (d.get("type") == "turn" and not d.get("interrupted"))
+                or (d.get("type") == "final" and not d.get("text"))
+            ),
             t_start,
             timeout_s,
         )

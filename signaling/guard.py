@@ -121,10 +121,14 @@ def middlewares(config: ServerConfig) -> list[Middleware]:
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             return json_error(exc.status, exc.reason or "error", headers=headers)
         except ConnectionResetError:
-            log.info("client went away during %s %s", escape(request.method), mask_secrets(request.path))
+            log.info(
+                "client went away during %s %s", escape(request.method), mask_secrets(request.path)
+            )
             return json_error(400, "connection lost")  # nobody left to read it
         except Exception:
-            log.exception("unhandled error on %s %s", escape(request.method), mask_secrets(request.path))
+            log.exception(
+                "unhandled error on %s %s", escape(request.method), mask_secrets(request.path)
+            )
             return json_error(500, "internal error (logged on the server)")
 
     @web.middleware

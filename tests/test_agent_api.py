@@ -26,7 +26,10 @@ async def test_time_in_a_city() -> None:
     time_in = make_time_in(lambda: UTC_NOON)
     assert zone_of("Tokyo") == "Asia/Tokyo" and zone_of("new york") == "America/New_York"
     assert zone_of("San Francisco") == "America/Los_Angeles" and zone_of("Atlantis") is None
-    assert await time_in.invoke({"city": "tokyo"}, _clock()) == "It's 9 o'clock in the evening in Tokyo."
+    assert (
+        await time_in.invoke({"city": "tokyo"}, _clock())
+        == "It's 9 o'clock in the evening in Tokyo."
+    )
     assert await time_in.invoke({"city": "New York"}, _clock()) == (
         "It's 7 o'clock in the morning in New York."
     )

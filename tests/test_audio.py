@@ -155,7 +155,14 @@ def test_ramp(pcm: list[int], rising: bool, expected: list[int]) -> None:
 
 
 def test_upsample_linear_and_frames() -> None:
-    assert upsample_linear(np.array([0, 100, 200], np.int16), 2).tolist() == [0, 50, 100, 150, 200, 200]
+    assert upsample_linear(np.array([0, 100, 200], np.int16), 2).tolist() == [
+        0,
+        50,
+        100,
+        150,
+        200,
+        200,
+    ]
     x = np.arange(10, dtype=np.int16)
     assert [f.tolist() for f in frames(x, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert frames(x[:3], 4) == []

@@ -43,7 +43,11 @@ async def _aiter(frames: list[Frame]) -> AsyncIterator[Frame]:
 async def test_speech_started_comes_at_the_onset_frame_before_the_recognizer_starts() -> None:
     rec = SlowStartRecognizer()
     listener = Listener(
-        MarkedVoice(), Endpointer(EndpointerConfig()), rec, FakeClock(), ListenerConfig(preroll_ms=60)
+        MarkedVoice(),
+        Endpointer(EndpointerConfig()),
+        rec,
+        FakeClock(),
+        ListenerConfig(preroll_ms=60),
     )
     frames = frames_of("." * 5 + "x" * 10)
     onset_index = 5 + EndpointerConfig().min_speech_ms // 20 - 1  # the 6th voiced frame

@@ -14,9 +14,7 @@ pytestmark = pytest.mark.e2e
 
 def test_audio_path_quick(tmp_path: Path) -> None:
     data, table = run_quick_bench("audio_path", tmp_path)
-    rows: dict[tuple[str, str], dict[str, Any]] = {
-        (r["profile"], r["path"]): r for r in data
-    }
+    rows: dict[tuple[str, str], dict[str, Any]] = {(r["profile"], r["path"]): r for r in data}
     for profile in ("clean", "loss 5%"):
         for path in ("ringback", "aiortc"):
             r = rows.get((profile, path))

@@ -44,26 +44,62 @@ def random_pieces(text: str, seed: int) -> list[str]:
 
 
 CASES: list[tuple[str, str, list[str]]] = [
-    ("sentences", "Hello there. How are you? I'm fine!", ["Hello there.", "How are you?", "I'm fine!"]),
+    (
+        "sentences",
+        "Hello there. How are you? I'm fine!",
+        ["Hello there.", "How are you?", "I'm fine!"],
+    ),
     ("ellipsis and ?!", "Wait... what?! Really.", ["Wait...", "what?!", "Really."]),
     ("unicode ellipsis", "Hmm… let me think. Okay.", ["Hmm…", "let me think.", "Okay."]),
     ("closing quote", 'He said "stop." Then he left.', ['He said "stop."', "Then he left."]),
     ("closing paren", "It works (mostly.) Next one.", ["It works (mostly.)", "Next one."]),
-    ("Dr. Mr. Mrs.", "Dr. Smith is here. Mr. and Mrs. Jones too.", ["Dr. Smith is here.", "Mr. and Mrs. Jones too."]),
-    ("e.g. and i.e.", "Try fruit e.g. apples. Or i.e. pears. Fine.", ["Try fruit e.g. apples.", "Or i.e. pears.", "Fine."]),
-    ("etc. vs. approx.", "Cats vs. dogs etc. are approx. even. Yes.", ["Cats vs. dogs etc. are approx. even.", "Yes."]),
+    (
+        "Dr. Mr. Mrs.",
+        "Dr. Smith is here. Mr. and Mrs. Jones too.",
+        ["Dr. Smith is here.", "Mr. and Mrs. Jones too."],
+    ),
+    (
+        "e.g. and i.e.",
+        "Try fruit e.g. apples. Or i.e. pears. Fine.",
+        ["Try fruit e.g. apples.", "Or i.e. pears.", "Fine."],
+    ),
+    (
+        "etc. vs. approx.",
+        "Cats vs. dogs etc. are approx. even. Yes.",
+        ["Cats vs. dogs etc. are approx. even.", "Yes."],
+    ),
     ("abbreviation in parens", "See (Dr. Who) now. Ok.", ["See (Dr. Who) now.", "Ok."]),
     ("initials", "J. R. R. Tolkien wrote it. Done.", ["J. R. R. Tolkien wrote it.", "Done."]),
-    ("decimals", "It costs 3.5 dollars. Pi is 3.14159 roughly.", ["It costs 3.5 dollars.", "Pi is 3.14159 roughly."]),
+    (
+        "decimals",
+        "It costs 3.5 dollars. Pi is 3.14159 roughly.",
+        ["It costs 3.5 dollars.", "Pi is 3.14159 roughly."],
+    ),
     ("number at sentence end", "I am 42. You are 7. Ok", ["I am 42.", "You are 7.", "Ok"]),
     ("no whitespace after dot: not an end", "Visit example.com today", ["Visit example.com today"]),
-    ("first clause at 12 chars", "Hello world, again and again", ["Hello world,", "again and again"]),
-    ("first clause at 11 chars is too short", "Hello word, again and again", ["Hello word, again and again"]),
-    ("clause marks ; : —", "Well now, here we go; then: this — that", ["Well now, here we go;", "then: this — that"]),
+    (
+        "first clause at 12 chars",
+        "Hello world, again and again",
+        ["Hello world,", "again and again"],
+    ),
+    (
+        "first clause at 11 chars is too short",
+        "Hello word, again and again",
+        ["Hello word, again and again"],
+    ),
+    (
+        "clause marks ; : —",
+        "Well now, here we go; then: this — that",
+        ["Well now, here we go;", "then: this — that"],
+    ),
     (
         "later clauses need 40 chars",
         "Okay, sure thing, I will look, and then tell you, and then we decide together, right",
-        ["Okay, sure thing,", "I will look, and then tell you, and then we decide together,", "right"],
+        [
+            "Okay, sure thing,",
+            "I will look, and then tell you, and then we decide together,",
+            "right",
+        ],
     ),
     (
         "later clause at exactly 40 chars",
@@ -88,13 +124,16 @@ def test_units(text: str, expected: list[str]) -> None:
 
 @pytest.mark.parametrize(("text", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("split", [by_word, by_char], ids=["by_word", "by_char"])
-def test_streaming_gives_the_same_units(text: str, expected: list[str], split: Callable[[str], list[str]]
+def test_streaming_gives_the_same_units(
+    text: str, expected: list[str], split: Callable[[str], list[str]]
 ) -> None:
     assert streamed(split(text)) == expected
 
 
 @pytest.mark.parametrize("seed", range(5))
-@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in CASES[:12]], ids=[c[0] for c in CASES[:12]])
+@pytest.mark.parametrize(
+    ("text", "expected"), [c[1:] for c in CASES[:12]], ids=[c[0] for c in CASES[:12]]
+)
 def test_random_pieces_give_the_same_units(text: str, expected: list[str], seed: int) -> None:
     assert streamed(random_pieces(text, seed)) == expected
 
@@ -184,14 +223,24 @@ def test_one_push_equals_streaming_when_clause_precedes_sentence_end(text: str) 
         # The built-in responder's echo: no usable punctuation early, cut before "and".
         (
             "You said: I want to book a table for two and a room for the night. Tell me more.",
-            ["You said: I want to book a table for two", "and a room for the night.", "Tell me more."],
+            [
+                "You said: I want to book a table for two",
+                "and a room for the night.",
+                "Tell me more.",
+            ],
         ),
         # Three words before a conjunction are too few: the sentence stays whole.
-        ("Cats and dogs and birds sing all day long.", ["Cats and dogs and birds sing all day long."]),
+        (
+            "Cats and dogs and birds sing all day long.",
+            ["Cats and dogs and birds sing all day long."],
+        ),
         # No clause break or conjunction: cut before the last preposition within 60 chars.
         (
             "You said: please tell me about the weather forecast in northern Scotland tomorrow morning.",
-            ["You said: please tell me about the weather forecast", "in northern Scotland tomorrow morning."],
+            [
+                "You said: please tell me about the weather forecast",
+                "in northern Scotland tomorrow morning.",
+            ],
         ),
         (
             "You said: I would like to book a table for two people on Friday night at seven.",
@@ -208,8 +257,14 @@ def test_one_push_equals_streaming_when_clause_precedes_sentence_end(text: str) 
             ["My android phone is broken.", "It fell and then it broke and it is sad."],
         ),
     ],
-    ids=["before and", "too few words", "before a preposition", "before on", "first max chars",
-         "later units stay sentences"],
+    ids=[
+        "before and",
+        "too few words",
+        "before a preposition",
+        "before on",
+        "first max chars",
+        "later units stay sentences",
+    ],
 )
 def test_first_unit_is_cut_short(text: str, expected: list[str]) -> None:
     assert one_push(text) == expected

@@ -41,8 +41,14 @@ async def test_spoken_conversation(server: Server, speech: dict[str, Any]) -> No
         assert r.v2v_ms is not None and 0 < r.v2v_ms < 3000, r
         assert peak_dbfs(r.reply_pcm) > -20, f"reply to {r.label!r} is not audible"
         m = r.server
-        for key in ("eou_delay_ms", "asr_complete_ms", "llm_first_token_ms", "tts_first_chunk_ms",
-                    "time_to_first_audio_ms", "total_ms"):
+        for key in (
+            "eou_delay_ms",
+            "asr_complete_ms",
+            "llm_first_token_ms",
+            "tts_first_chunk_ms",
+            "time_to_first_audio_ms",
+            "total_ms",
+        ):
             assert isinstance(m.get(key), float), (key, m)
         assert m["time_to_first_audio_ms"] <= m["total_ms"]
     first_reply = results[0].reply
@@ -136,9 +142,24 @@ def test_call_cli_writes_json(server: Server, tmp_path: Path) -> None:
     out = tmp_path / "call.json"
     rec = tmp_path / "rec"
     proc = subprocess.run(
-        [sys.executable, "-m", "signaling", "call", "--url", server.url,
-         "--say", "What time is it?", "--json", str(out), "--record", str(rec)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "signaling",
+            "call",
+            "--url",
+            server.url,
+            "--say",
+            "What time is it?",
+            "--json",
+            str(out),
+            "--record",
+            str(rec),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "voice-to-voice ms: p50" in proc.stdout

@@ -63,10 +63,22 @@ CASES: list[tuple[str, str, list[tuple[int, EndpointKind]]]] = [
     ("every other frame: 5 of 10 in the window", "x." * 30, []),
     ("onset on the 6th voiced frame", "..xxxxxx", [(7, S)]),
     ("gappy onset: 6 of 10", "xx.xx.xx", [(7, S)]),
-    ("10 voiced frames then silence: a turn", "..xxxxxxxxxx" + "." * 25, [(7, S), (19, P), (31, E)]),
-    ("9 voiced frames: shorter than min_utterance", "..xxxxxxxxx" + "." * 25, [(7, S), (18, P), (30, N)]),
+    (
+        "10 voiced frames then silence: a turn",
+        "..xxxxxxxxxx" + "." * 25,
+        [(7, S), (19, P), (31, E)],
+    ),
+    (
+        "9 voiced frames: shorter than min_utterance",
+        "..xxxxxxxxx" + "." * 25,
+        [(7, S), (18, P), (30, N)],
+    ),
     ("6 voiced frames: noise (after a PAUSE)", "xxxxxx" + "." * 25, [(5, S), (13, P), (25, N)]),
-    ("7 silent frames: no PAUSE", "x" * 12 + "." * 7 + "x" * 4 + "." * 20, [(5, S), (30, P), (42, E)]),
+    (
+        "7 silent frames: no PAUSE",
+        "x" * 12 + "." * 7 + "x" * 4 + "." * 20,
+        [(5, S), (30, P), (42, E)],
+    ),
     (
         "speech returns after a PAUSE",
         "x" * 12 + "." * 8 + "x" * 4 + "." * 20,
@@ -163,7 +175,9 @@ def test_speculate_equal_to_eou_ends_without_pause() -> None:
         # 10 ms frames: onset 12 voiced of 20; PAUSE after 16 silent, END after 40 silent.
         (EndpointerConfig(frame_ms=10), "x" * 20 + "." * 40, [(11, S), (35, P), (59, E)]),
         (
-            EndpointerConfig(min_speech_ms=40, onset_window_ms=40, speculate_ms=40, eou_silence_ms=100),
+            EndpointerConfig(
+                min_speech_ms=40, onset_window_ms=40, speculate_ms=40, eou_silence_ms=100
+            ),
             "x" * 10 + "." * 20,
             [(1, S), (11, P), (14, E)],
         ),
@@ -255,7 +269,9 @@ def test_reset_after_pause_forgets_it() -> None:
 def voiced_like(n: int, rate: int = 16_000) -> Pcm16:
     """Loud 200 Hz fundamental + harmonics with a syllable-rate envelope."""
     t = np.arange(n) / rate
-    sig = cast(npt.NDArray[np.float64], sum(np.sin(2 * np.pi * 200 * k * t) / k for k in range(1, 15)))
+    sig = cast(
+        npt.NDArray[np.float64], sum(np.sin(2 * np.pi * 200 * k * t) / k for k in range(1, 15))
+    )
     sig = sig * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))
     pcm: Pcm16 = (sig / np.abs(sig).max() * 20000).astype(np.int16)
     return pcm

@@ -38,6 +38,7 @@ async def test_llm_failure_speaks_a_fallback_and_reports_it() -> None:
     assert not any("scripted" in e["message"] for e in errors), "no engine internals"
     assert rig.of_type("turn")[0]["reply"] == FALLBACK_REPLY
 
+
 async def test_llm_that_hangs_times_out_on_the_injected_clock() -> None:
     config = TurnConfig(llm_first_token_timeout_s=2.0)
     rig = Rig(ScriptedLlm(hang=True), ScriptedTts(), config)
@@ -53,10 +54,14 @@ async def test_llm_that_hangs_times_out_on_the_injected_clock() -> None:
     errors = rig.of_type("error")
     assert [e["message"] for e in errors] == ["the language model timed out"]
 
-@pytest.mark.parametrize(("retryable", "calls", "reply"), [
-    (True, 2, "It's noon. Anything else?"),
-    (False, 1, FALLBACK_REPLY),
-])
+
+@pytest.mark.parametrize(
+    ("retryable", "calls", "reply"),
+    [
+        (True, 2, "It's noon. Anything else?"),
+        (False, 1, FALLBACK_REPLY),
+    ],
+)
 async def test_llm_failure_before_any_text_is_retried_if_retryable(
     retryable: bool, calls: int, reply: str
 ) -> None:
@@ -92,7 +97,12 @@ async def test_a_slow_first_token_gets_the_filler_then_the_units_then_none() -> 
     )
     await clock.advance(1.2, step=0.05)
     await task
-    assert drain(units) == [Say(FILLER, filler=True), Say("It's noon."), Say("Anything else?"), None]
+    assert drain(units) == [
+        Say(FILLER, filler=True),
+        Say("It's noon."),
+        Say("Anything else?"),
+        None,
+    ]
     assert metrics.llm_started is not None and metrics.llm_first_token is not None
     assert metrics.llm_first_token - metrics.llm_started == pytest.approx(1.0, abs=0.06)
     assert events == []

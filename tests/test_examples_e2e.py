@@ -141,7 +141,9 @@ async def test_restaurant_books_with_confirmation_and_hangs_up(
                 await caller.close()
             log = server.log()
 
-    assert ask.reply == "Let me check. A table is free on Friday at seven for four. Shall I book it?"
+    assert (
+        ask.reply == "Let me check. A table is free on Friday at seven for four. Shall I book it?"
+    )
     assert confirm.reply == "Booked for Ada, reference R101."
     assert bye.reply == "Goodbye, see you on Friday!"
     names = [e["name"] for e in tool_events(caller)]

@@ -53,10 +53,14 @@ async def test_noisy_speech_is_answered_on_time_and_heard(
     answered = [r for r in results if r.v2v_ms is not None]
     # One item in ~30 can still go unanswered (docs/measurements.md, "Hearing"): allow one.
     assert len(answered) >= len(items) - 1, f"answered: {table}\n{log}"
-    noisy_or_none = [r.v2v_ms for i, r in zip(items, results, strict=True) if i.condition != "clean"]
+    noisy_or_none = [
+        r.v2v_ms for i, r in zip(items, results, strict=True) if i.condition != "clean"
+    ]
     noisy = [v for v in noisy_or_none if v is not None]
     assert max(noisy) < 1600, f"a noisy turn waited for the noise to stop: {table}"
-    errors = sum(wer(i.text, r.heard or "") * len(words(i.text)) for i, r in zip(items, results, strict=True))
+    errors = sum(
+        wer(i.text, r.heard or "") * len(words(i.text)) for i, r in zip(items, results, strict=True)
+    )
     total = sum(len(words(i.text)) for i in items)
     assert errors / total <= 0.25, f"WER {errors / total:.2f}: {table}"
     server_passes = [r.server.get("final_passes") for r in answered]

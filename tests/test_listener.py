@@ -79,7 +79,9 @@ def frames_of(pattern: str, t0: float = 100.0) -> list[Frame]:
     return out
 
 
-async def run(pattern: str, config: ListenerConfig | None = None) -> tuple[list[TurnEvent], ScriptedRecognizer]:
+async def run(
+    pattern: str, config: ListenerConfig | None = None
+) -> tuple[list[TurnEvent], ScriptedRecognizer]:
     rec = ScriptedRecognizer()
     listener = Listener(
         MarkedVoice(),
@@ -148,8 +150,13 @@ class ScriptedTranscriber:
     name = "scripted"
     sample_rate_hz = 16_000
 
-    def __init__(self, clock: FakeClock, texts: dict[int, str] | str, delay_s: float = 0.06,
-                 fail: bool = False) -> None:
+    def __init__(
+        self,
+        clock: FakeClock,
+        texts: dict[int, str] | str,
+        delay_s: float = 0.06,
+        fail: bool = False,
+    ) -> None:
         self.clock = clock
         self.texts = texts
         self.delay_s = delay_s
@@ -214,8 +221,8 @@ async def test_the_pass_started_at_the_pause_is_adopted_and_its_words_end_the_tu
     # One pass, started at the pause: 15 voiced frames after the onset (+1 of pre-roll) and
     # the 8 silent frames that make the pause.
     assert whisper.calls == [24]
-    (i_pause, paused), = only(events, Paused)
-    (i_final, final), = only(events, Final)
+    ((i_pause, paused),) = only(events, Paused)
+    ((i_final, final),) = only(events, Final)
     assert paused.hypothesis == final.text == "What time is it?"
     assert i_pause in (30, 31), "the hypothesis is reported when the pass is back (~60 ms)"
     # A complete question: the turn ends after 240 ms of silence instead of the default 400.
@@ -230,7 +237,7 @@ async def test_unfinished_words_hold_the_turn_open() -> None:
     events, _, _ = await run_hybrid(
         "x" * 20 + "." * 60, lambda c: ScriptedTranscriber(c, "I want to")
     )
-    (i_final, final), = only(events, Final)
+    ((i_final, final),) = only(events, Final)
     assert final.metrics.eou_silence_ms == 900 and final.metrics.completeness == "incomplete"
     assert i_final == 20 + 45 - 1
 
@@ -242,9 +249,13 @@ async def test_speech_after_the_pause_discards_the_pass_and_the_next_pause_rerun
     )
     assert whisper.calls == [24, 48], "re-run on the longer utterance"
     assert [type(e) for _, e in events if not isinstance(e, Partial)] == [
-        SpeechStarted, Paused, Resumed, Paused, Final
+        SpeechStarted,
+        Paused,
+        Resumed,
+        Paused,
+        Final,
     ]
-    (_, final), = only(events, Final)
+    ((_, final),) = only(events, Final)
     assert final.text == "I'd like to book a table."
     # The first pass was back, but its words were not the turn's: its compute was wasted.
     assert (final.metrics.final_passes, final.metrics.final_passes_wasted) == (2, 1)
@@ -257,7 +268,7 @@ async def test_resume_while_the_pass_runs_cancels_it() -> None:
         lambda c: ScriptedTranscriber(c, texts, delay_s=0.2),
     )
     assert whisper.cancelled == 1 and whisper.calls == [24, 36]
-    (_, final), = only(events, Final)
+    ((_, final),) = only(events, Final)
     assert final.text == "Call my mother."
     assert (final.metrics.final_passes, final.metrics.final_passes_wasted) == (2, 1)
 
@@ -268,8 +279,8 @@ async def test_the_turn_is_held_open_until_the_pass_is_back() -> None:
     events, _, _ = await run_hybrid(
         "x" * 20 + "." * 60, lambda c: ScriptedTranscriber(c, "Hello there.", delay_s=0.5)
     )
-    (i_pause, paused), = only(events, Paused)
-    (i_final, final), = only(events, Final)
+    ((i_pause, paused),) = only(events, Paused)
+    ((i_final, final),) = only(events, Final)
     assert final.text == paused.hypothesis == "Hello there."
     assert i_final == i_pause == 20 + 33 - 1
     assert final.metrics.eou_silence_ms == 660 and final.metrics.completeness == "unknown"
@@ -279,7 +290,7 @@ async def test_a_pass_slower_than_the_longest_wait_is_awaited_at_the_end_of_turn
     events, _, _ = await run_hybrid(
         "x" * 20 + "." * 70, lambda c: ScriptedTranscriber(c, "Hello there.", delay_s=1.2)
     )
-    (_, final), = only(events, Final)
+    ((_, final),) = only(events, Final)
     assert final.text == "Hello there." and final.metrics.eou_silence_ms == 900
     assert not only(events, Paused), "no hypothesis before the final: nothing to speculate on"
 
@@ -315,7 +326,7 @@ async def test_a_failed_pass_falls_back_to_the_streaming_final() -> None:
     events, rec, _ = await run_hybrid(
         "x" * 20 + "." * 40, lambda c: ScriptedTranscriber(c, "unused", fail=True)
     )
-    (_, final), = only(events, Final)
+    ((_, final),) = only(events, Final)
     assert final.text == "final words" and rec.calls == ["start", "finish"]
 
 

@@ -38,7 +38,7 @@ async def test_a_pass_still_running_at_the_end_of_turn_is_raised_to_turn_final()
         "x" * 20 + "." * 70, lambda c: RecordingTranscriber(c, "Hello there.", 1.2)
     )
     assert isinstance(whisper, RecordingTranscriber)
-    (_, final), = only(events, Final)
+    ((_, final),) = only(events, Final)
     assert final.text == "Hello there."
     assert whisper.at_start == [Priority.SPECULATIVE]
     assert [u.priority for u in whisper.urgencies] == [Priority.TURN_FINAL]

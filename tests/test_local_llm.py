@@ -33,7 +33,9 @@ def test_time(now: datetime.datetime, expected: str) -> None:
     assert respond("What time is it?", now) == expected
 
 
-@pytest.mark.parametrize("text", ["What time is it?", "what's the time", "Tell me the time, please."])
+@pytest.mark.parametrize(
+    "text", ["What time is it?", "what's the time", "Tell me the time, please."]
+)
 def test_time_phrasings(text: str) -> None:
     assert respond(text, NOW) == "It's 2:07 in the afternoon."
 
@@ -44,7 +46,10 @@ def test_date(text: str) -> None:
 
 
 def test_date_follows_the_clock() -> None:
-    assert respond("date", datetime.datetime(2025, 12, 31, 8, 0)) == "Today is Wednesday, December 31, 2025."
+    assert (
+        respond("date", datetime.datetime(2025, 12, 31, 8, 0))
+        == "Today is Wednesday, December 31, 2025."
+    )
 
 
 @pytest.mark.parametrize(
@@ -144,7 +149,9 @@ async def collect(llm: LocalLlm, messages: list[Message]) -> list[str]:
     return [token async for token in llm.complete(messages)]
 
 
-@pytest.mark.parametrize("question", ["what is two plus three", "Tell me a story.", "What time is it?"])
+@pytest.mark.parametrize(
+    "question", ["what is two plus three", "Tell me a story.", "What time is it?"]
+)
 async def test_complete_streams_the_reply_word_by_word(question: str) -> None:
     llm = LocalLlm(now=lambda: NOW)
     messages = [

@@ -168,7 +168,9 @@ async def test_a_slow_turn_logs_its_breakdown_once(caplog: pytest.LogCaptureFixt
     assert [r.getMessage().split(":")[0] for r in slow] == ["slow turn 2", "slow turn 3"], [
         r.getMessage() for r in slow
     ]
-    assert all(r.levelno == logging.WARNING and getattr(r, "session", None) == "sess-1" for r in slow)
+    assert all(
+        r.levelno == logging.WARNING and getattr(r, "session", None) == "sess-1" for r in slow
+    )
     message = slow[0].getMessage()
     assert "1500 ms from end of speech to first audio (over 1000 ms)" in message, message
     assert "eou_delay_ms=400 " in message and "time_to_first_audio_ms=1500" in message

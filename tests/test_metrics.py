@@ -85,8 +85,10 @@ def test_mark_first_wins_unless_overwrite() -> None:
         ({"eou_delay_ms": 349.9}, [("eou_delay_ms", 350.0, 349.9)]),
         ({"llm_complete_ms": 1}, []),  # never happened: not an overrun
         ({"no_such_stage": 1}, []),
-        ({"llm_first_token_ms": 100, "asr_complete_ms": 1000, "total_ms": 3000},
-         [("llm_first_token_ms", 200.0, 100), ("total_ms", 4000.0, 3000)]),
+        (
+            {"llm_first_token_ms": 100, "asr_complete_ms": 1000, "total_ms": 3000},
+            [("llm_first_token_ms", 200.0, 100), ("total_ms", 4000.0, 3000)],
+        ),
         (DEFAULT_BUDGETS_MS, [("time_to_first_audio_ms", 1700.0, 1600)]),
         ({}, []),
     ],
@@ -98,7 +100,13 @@ def test_overruns(budgets: dict[str, float], expected: list[tuple[str, float, fl
 
 def test_overruns_ignores_negative_and_flags_all_defaults() -> None:
     m = TurnMetrics(turn=1, speech_end=10.0)
-    for attr in ("endpoint", "asr_complete", "llm_first_token", "tts_first_chunk", "first_audio_out"):
+    for attr in (
+        "endpoint",
+        "asr_complete",
+        "llm_first_token",
+        "tts_first_chunk",
+        "first_audio_out",
+    ):
         m.mark(attr, 20.0)  # 10 s late
     assert [stage for stage, _, _ in m.overruns(DEFAULT_BUDGETS_MS)] == list(DEFAULT_BUDGETS_MS)
     early = TurnMetrics(turn=2, speech_end=10.0, llm_first_token=9.0)

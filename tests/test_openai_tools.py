@@ -121,4 +121,3 @@ def test_fake_server_streams_arguments_in_pieces() -> None:
     assert len([p for p in arg_pieces if p]) > 3
     assert json.loads("".join(arg_pieces)) == {"day": "Friday", "people": 4}
     assert pieces[-1]["choices"][0]["finish_reason"] == "tool_calls"
-

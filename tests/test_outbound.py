@@ -44,9 +44,7 @@ class Consumer:
 
 
 @contextlib.asynccontextmanager
-async def running(
-    clock: FakeClock, track: OutboundAudioTrack
-) -> AsyncIterator[Consumer]:
+async def running(clock: FakeClock, track: OutboundAudioTrack) -> AsyncIterator[Consumer]:
     consumer = Consumer(clock, track)
     task = asyncio.get_running_loop().create_task(consumer.run())
     try:

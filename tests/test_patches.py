@@ -295,7 +295,9 @@ def test_a_second_install_is_refused_unless_shared() -> None:
             lambda: patches.install("ringback", OpusSendConfig(), LOOPBACK),
             lambda: patches.install("aiortc", None, LOOPBACK),
         ):
-            with pytest.raises(patches.PatchError, match=r"already patched .*receive_path='ringback'"):
+            with pytest.raises(
+                patches.PatchError, match=r"already patched .*receive_path='ringback'"
+            ):
                 again()
         with pytest.raises(patches.PatchError, match="other settings"):
             patches.install("aiortc", OpusSendConfig(), LOOPBACK, shared=True)
@@ -309,9 +311,10 @@ def test_a_second_install_is_refused_unless_shared() -> None:
         first.uninstall()
         assert not first.installed and second.installed
         assert changed(patched) == set(), "still in use by the second handle"
-        assert second.original("aiortc.rtcrtpreceiver.JitterBuffer") is before[
-            "aiortc.rtcrtpreceiver.JitterBuffer"
-        ]
+        assert (
+            second.original("aiortc.rtcrtpreceiver.JitterBuffer")
+            is before["aiortc.rtcrtpreceiver.JitterBuffer"]
+        )
         second.uninstall()
         assert changed(before) == set(), "the last handle restores everything"
     finally:

@@ -52,14 +52,12 @@ def test_idle_frames_are_silence() -> None:
 
 
 @pytest.mark.parametrize("signal", ["ramp", "noise"])
-@pytest.mark.parametrize("chunks", [[10_007], [960] * 10 + [407], [1, 500, 3000, 6506], [333] * 30 + [17]])
+@pytest.mark.parametrize(
+    "chunks", [[10_007], [960] * 10 + [407], [1, 500, 3000, 6506], [333] * 30 + [17]]
+)
 def test_sample_continuity(signal: str, chunks: list[int]) -> None:
     total = sum(chunks)
-    x = (
-        (np.arange(total) % 20000 - 10000).astype(np.int16)
-        if signal == "ramp"
-        else noise(total)
-    )
+    x = (np.arange(total) % 20000 - 10000).astype(np.int16) if signal == "ramp" else noise(total)
     buf = PlayoutBuffer()
     pos = 0
     for i, n in enumerate(chunks):
@@ -70,7 +68,9 @@ def test_sample_continuity(signal: str, chunks: list[int]) -> None:
     out = drain(buf)
     assert out.size % N == 0 and out.size >= total
     # Exactly the input, except the start-up fade-in and the fade-out where it runs dry.
-    np.testing.assert_array_equal(out[HALF_FADE : total - HALF_FADE], x[HALF_FADE : total - HALF_FADE])
+    np.testing.assert_array_equal(
+        out[HALF_FADE : total - HALF_FADE], x[HALF_FADE : total - HALF_FADE]
+    )
     assert not out[total:].any()
     for i, n in enumerate(chunks):
         assert buf.played_samples(i) == n
@@ -94,7 +94,12 @@ def test_end_of_stream_mid_frame_fades_the_tail() -> None:
     buf.push(const(2 * N + 500, 30000), "a")
     buf.end_stream()
     f1, f2, f3, f4 = pull_frames(buf, 4)
-    assert (f1.audio_samples, f2.audio_samples, f3.audio_samples, f4.audio_samples) == (N, N, 500, 0)
+    assert (f1.audio_samples, f2.audio_samples, f3.audio_samples, f4.audio_samples) == (
+        N,
+        N,
+        500,
+        0,
+    )
     assert np.all(f2.pcm == 30000)
     tail = f3.pcm.astype(np.int32)
     # Continuous across the f2 → f3 boundary, then fading to zero before the silence.

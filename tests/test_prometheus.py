@@ -209,9 +209,13 @@ async def test_metrics_and_sessions_move_during_a_real_call(
     v2v = moved("ringback_voice_to_voice_server_seconds_sum") / len(said)
     assert 0 < v2v < 3.0
     assert moved("ringback_engine_queue_wait_seconds_count", engine="whisper", **WHISPER) >= 1
-    assert moved("ringback_engine_queue_wait_seconds_count", engine="tts", **FIRST) + moved(
-        "ringback_engine_queue_wait_seconds_count", engine="tts", **{"class": "speculative"}
-    ) >= 1
+    assert (
+        moved("ringback_engine_queue_wait_seconds_count", engine="tts", **FIRST)
+        + moved(
+            "ringback_engine_queue_wait_seconds_count", engine="tts", **{"class": "speculative"}
+        )
+        >= 1
+    )
     assert moved("ringback_playout_delay_seconds_count") >= 1  # a link report every 2 s
     assert moved("ringback_link_frames_total", kind="delivered") > 100
     assert value(after, "ringback_event_loop_lag_hist_seconds_count") > 0

@@ -28,6 +28,7 @@ async def test_tts_failure_skips_the_unit_and_goes_on() -> None:
     assert rig.of_type("error")
     assert rig.of_type("turn")[0]["reply"] == "First part. Last part."
 
+
 @pytest.mark.parametrize(("fail_first", "spoken"), [(1, ["Hi.", "Hi."]), (2, ["Hi.", "Hi."])])
 async def test_retryable_tts_failure_is_tried_once_more(fail_first: int, spoken: list[str]) -> None:
     rig = Rig(ScriptedLlm("Hi."), ScriptedTts(fail_first=fail_first, retryable=True))
@@ -39,6 +40,7 @@ async def test_retryable_tts_failure_is_tried_once_more(fail_first: int, spoken:
     assert heard == ("Hi." if fail_first == 1 else ""), "the retried unit is played"
     assert bool(rig.of_type("error")) == (fail_first > 1)
 
+
 async def test_permanent_tts_failure_is_not_retried() -> None:
     rig = Rig(ScriptedLlm("Hi."), ScriptedTts(fail_first=1, retryable=False))
     await rig.tm.on_speech_start()
@@ -46,6 +48,7 @@ async def test_permanent_tts_failure_is_not_retried() -> None:
     await rig.play_all()
     assert rig.tts.texts == ["Hi."]
     assert rig.of_type("turn")[0]["reply"] == ""
+
 
 async def test_tts_is_read_ahead_so_a_shared_worker_is_free_before_playback_ends() -> None:
     rig = Rig(ScriptedLlm("One two three."), ScriptedTts(chunks_per_unit=10))  # 1 s of audio

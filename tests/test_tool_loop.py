@@ -179,7 +179,10 @@ async def test_failures_go_back_to_the_model_and_silence_is_never_the_answer() -
         "c": {"error": "bad arguments: the arguments are not valid JSON"},
         "d": {"error": "no such order"},
     }
-    assert [e["error"] for e in s.tools()][:2] == ["the tool failed", "there is no tool named 'nope'"]
+    assert [e["error"] for e in s.tools()][:2] == [
+        "the tool failed",
+        "there is no tool named 'nope'",
+    ]
     assert s.said() == [Say(TOOL_FAILED)]
 
 

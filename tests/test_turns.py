@@ -36,6 +36,7 @@ async def test_speculative_reply_is_held_until_committed() -> None:
     ]
     assert rig.sink.max_queued <= 4 * CHUNK, "backpressure: a reply is never buffered whole"
 
+
 async def test_different_final_discards_the_speculative_reply() -> None:
     rig = Rig(ScriptedLlm(), ScriptedTts())
     await rig.tm.on_speech_start()
@@ -50,6 +51,7 @@ async def test_different_final_discards_the_speculative_reply() -> None:
     assert turn["metrics"]["speculative"] is False
     assert rig.conversation.turns[0].content == "what time is it in Paris"
 
+
 async def test_resume_discards_and_nothing_enters_history() -> None:
     rig = Rig(ScriptedLlm(), ScriptedTts())
     await rig.tm.on_speech_start()
@@ -63,12 +65,14 @@ async def test_resume_discards_and_nothing_enters_history() -> None:
     assert rig.of_type("turn") == []
     await rig.tm.aclose()
 
+
 async def test_empty_final_returns_to_listening() -> None:
     rig = Rig(ScriptedLlm(), ScriptedTts())
     await rig.tm.on_speech_start()
     await rig.tm.on_final("", rig.metrics())
     assert rig.tm.state == State.LISTENING
     assert rig.llm.calls == []
+
 
 async def test_barge_in_stops_audio_and_keeps_only_what_was_heard() -> None:
     story = "One two three four. Five six seven eight. Nine ten eleven twelve."
@@ -96,6 +100,7 @@ async def test_barge_in_stops_audio_and_keeps_only_what_was_heard() -> None:
     await rig.settle()
     assert rig.sink.queue == [], "no audio may be queued after the barge-in"
 
+
 async def test_metrics_are_relative_to_end_of_speech() -> None:
     rig = Rig(ScriptedLlm(), ScriptedTts())
     await rig.tm.on_speech_start()
@@ -106,6 +111,7 @@ async def test_metrics_are_relative_to_end_of_speech() -> None:
     assert m["eou_delay_ms"] == pytest.approx(400.0)
     for key in ("llm_first_token_ms", "tts_first_chunk_ms", "time_to_first_audio_ms", "total_ms"):
         assert m[key] is not None and m[key] >= 400.0
+
 
 async def test_a_reply_not_yet_heard_is_taken_back_when_the_user_goes_on() -> None:
     rig = Rig(ScriptedLlm("Sure. What should I remind you of?"), ScriptedTts())
@@ -124,6 +130,7 @@ async def test_a_reply_not_yet_heard_is_taken_back_when_the_user_goes_on() -> No
     (turn,) = rig.of_type("turn")
     assert turn["heard"] == "Can you remind me to call mom?" and not turn["interrupted"]
     assert rig.llm.calls[-1] == "Can you remind me to call mom?"
+
 
 async def test_a_reply_already_playing_is_interrupted_not_taken_back() -> None:
     rig = Rig(ScriptedLlm("Sure. What should I remind you of?"), ScriptedTts())

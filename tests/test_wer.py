@@ -9,8 +9,16 @@ from harness.wer import spell, wer, words
 
 @pytest.mark.parametrize(
     ("n", "spoken"),
-    [(0, "zero"), (7, "seven"), (13, "thirteen"), (20, "twenty"), (42, "forty two"),
-     (100, "one hundred"), (305, "three hundred five"), (999, "nine hundred ninety nine")],
+    [
+        (0, "zero"),
+        (7, "seven"),
+        (13, "thirteen"),
+        (20, "twenty"),
+        (42, "forty two"),
+        (100, "one hundred"),
+        (305, "three hundred five"),
+        (999, "nine hundred ninety nine"),
+    ],
 )
 def test_spell(n: int, spoken: str) -> None:
     assert spell(n) == spoken

@@ -23,8 +23,14 @@ CHUNK = 4800  # 100 ms at 48 kHz
 class ScriptedLlm:
     name = "scripted"
 
-    def __init__(self, reply: str = "It's noon. Anything else?", error: bool = False,
-                 hang: bool = False, fail_first: int = 0, retryable: bool = True) -> None:
+    def __init__(
+        self,
+        reply: str = "It's noon. Anything else?",
+        error: bool = False,
+        hang: bool = False,
+        fail_first: int = 0,
+        retryable: bool = True,
+    ) -> None:
         self.reply = reply
         self.error = error
         self.fail_first = fail_first  # this many calls fail before any text
@@ -161,15 +167,24 @@ class FakeSink:
 
 
 class Rig:
-    def __init__(self, llm: ScriptedLlm, tts: ScriptedTts, config: TurnConfig | None = None) -> None:
+    def __init__(
+        self, llm: ScriptedLlm, tts: ScriptedTts, config: TurnConfig | None = None
+    ) -> None:
         self.clock = FakeClock()
         self.events: list[dict[str, Any]] = []
         ref: list[MarkListener] = []
         self.sink = FakeSink(ref, self.clock)
         self.conversation = Conversation()
         self.llm, self.tts = llm, tts
-        self.tm = TurnManager(llm, tts, self.sink, self.conversation, self.clock,
-                              self.events.append, config or TurnConfig())
+        self.tm = TurnManager(
+            llm,
+            tts,
+            self.sink,
+            self.conversation,
+            self.clock,
+            self.events.append,
+            config or TurnConfig(),
+        )
         ref.append(self.tm)
         self.turn = 0
 

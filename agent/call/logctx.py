@@ -100,7 +100,13 @@ def _escape_char(c: str) -> str:
     if c.isprintable():  # a plain space is printable; other spaces and separators are not
         return c
     code = ord(c)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else f"\\u{code:04x}"
+        if code < 0x10000
+        else f"\\U{code:08x}"
+    )
 
 
 # --- lines a caller can trigger at will ---------------------------------------------------

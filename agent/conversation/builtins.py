@@ -57,7 +57,9 @@ def zone_of(city: str) -> str | None:
 
 def spoken_clock(t: datetime.datetime) -> str:
     hour = t.hour % 12 or 12
-    part = "in the morning" if t.hour < 12 else "in the afternoon" if t.hour < 18 else "in the evening"
+    part = (
+        "in the morning" if t.hour < 12 else "in the afternoon" if t.hour < 18 else "in the evening"
+    )
     return f"{hour} o'clock {part}" if t.minute == 0 else f"{hour}:{t.minute:02d} {part}"
 
 
@@ -97,7 +99,7 @@ async def set_timer(seconds: int, call: CallControl, label: str = "") -> str:
 
 
 def _duration(seconds: int, adjective: bool = False) -> str:
-    """"2 minutes", or as an adjective "2 minute" (a 2 minute timer)."""
+    """ "2 minutes", or as an adjective "2 minute" (a 2 minute timer)."""
     n, unit = (seconds // 60, "minute") if seconds % 60 == 0 else (seconds, "second")
     return f"{n} {unit}" + ("s" if n != 1 and not adjective else "")
 

@@ -336,9 +336,7 @@ class _Answer:
         if filler_at is None or self.filler_said:
             async with clock.timeout(max(0.0, first_by - clock.now())):
                 return await anext(stream, None)
-        pending: asyncio.Future[str | ToolCalls | None] = asyncio.ensure_future(
-            anext(stream, None)
-        )
+        pending: asyncio.Future[str | ToolCalls | None] = asyncio.ensure_future(anext(stream, None))
         try:
             with contextlib.suppress(TimeoutError):
                 async with clock.timeout(max(0.0, min(filler_at, first_by) - clock.now())):

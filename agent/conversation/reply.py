@@ -234,8 +234,7 @@ class Reply:
         and it is still not synthesized: the listener would hear a gap."""
         s = self._s
         ahead_s = (
-            sum(max(0, u.samples - s.sink.played_samples(u.mark)) for u in self.units)
-            / OUT_RATE_HZ
+            sum(max(0, u.samples - s.sink.played_samples(u.mark)) for u in self.units) / OUT_RATE_HZ
         )
         with contextlib.suppress(TimeoutError):
             async with s.clock.timeout(max(0.0, ahead_s - 0.2)):

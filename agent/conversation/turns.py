@@ -97,9 +97,7 @@ class TurnManager:
         self.clock = clock
         self.emit = emit
         self.config = config or TurnConfig()
-        self.answerer = Answerer(
-            llm, clock, emit, self.config.llm_timeouts(), self.config.chunker
-        )
+        self.answerer = Answerer(llm, clock, emit, self.config.llm_timeouts(), self.config.chunker)
         self._stages = Stages(self.answerer, tts, sink, conversation, clock, emit)
         self.state = State.LISTENING
         self.turns_completed = 0

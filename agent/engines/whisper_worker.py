@@ -103,9 +103,7 @@ def main() -> None:
     become_engine_worker(CRITICAL_PATH, parent_pid)
     from agent.engines.whisper_final import WhisperFinal, model_dir
 
-    model = WhisperFinal(
-        model_dir(), cpu_threads, window_s=window_s, no_speech_threshold=threshold
-    )
+    model = WhisperFinal(model_dir(), cpu_threads, window_s=window_s, no_speech_threshold=threshold)
     model.warm()  # loaded and warmed now, not at the first pass
     stdout = sys.stdout.buffer
     _write(stdout, READY, json.dumps({"pid": os.getpid()}).encode())

@@ -85,9 +85,8 @@ class EchoGuard:
         self._ref = np.zeros(keep, np.float32)  # the newest `keep` samples sent, oldest first
         self._ref_end_t: float | None = None  # clock time just after the newest sample sent
         self._decimator = Decimator(OUT_RATE_HZ // ASR_RATE_HZ)
-        self._inbound: collections.deque[Pcm16] = collections.deque(
-            maxlen=cfg.window_ms // 20
-        )
+        self._window_frames = cfg.window_ms // 20
+        self._inbound: collections.deque[Pcm16] = collections.deque(maxlen=self._window_frames)
         self._tolerance = round(cfg.lock_tolerance_ms * ASR_RATE_HZ / 1000)
         self.locked_lag: int | None = None  # samples; the echo path's round trip, once known
         self._last_lag: int | None = None  # the previous compared frame's match, if a good one
@@ -115,7 +114,8 @@ class EchoGuard:
         # Until the echo path is known, every frame may teach it (the greeting's echo, say),
         # but only a voiced one can be judged echo.
         learning = self.locked_lag is None or self.echo_gain is None
-        if not (voiced or learning) or self._ref_end_t is None or len(self._inbound) < self._inbound.maxlen:  # type: ignore[operator]
+        full = len(self._inbound) == self._window_frames
+        if not (voiced or learning) or self._ref_end_t is None or not full:
             return EchoVerdict(False, 0.0, None)
         x = np.concatenate(list(self._inbound)).astype(np.float32)
         x_energy = float(np.dot(x, x))

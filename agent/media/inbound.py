@@ -58,7 +58,6 @@ class EncodedAudio:
     arrival_s: float  # time.monotonic() when the packet reached the receiver
 
 
-
 @dataclass(frozen=True)
 class PlayoutFrame:
     pcm: Pcm16  # mono, one 20 ms slot (or one aiortc frame) at rate_hz
@@ -304,4 +303,3 @@ async def _own_path(
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
-
