@@ -1,6 +1,6 @@
 """Caller: a real aiortc peer that speaks utterances to the agent and measures what it hears.
 
-Voice-to-voice latency (README, "Measurement conventions"): from the instant the last speech
+Voice-to-voice latency (docs/measurements.md, "Voice to voice, and the harness"): from the instant the last speech
 sample of an utterance is handed to the sender, to the arrival of the first reply sample
 louder than -40 dBFS. Both instants are read on this process's monotonic clock. A recording
 with noise around the speech says where its speech ends (`say(..., speech_end_s=)`): its last

@@ -4,7 +4,8 @@ States: LISTENING → PROCESSING_SPEECH → THINKING → SPEAKING → LISTENING,
 when the user barges in.
 
 A reply (reply.py) is a cancellable task started from a transcript *hypothesis*. When the
-user pauses (endpointer PAUSE) a reply may start speculatively from the partial transcript:
+user pauses (endpointer PAUSE) a reply may start speculatively from the hypothesis (the
+accurate pass's text in hybrid mode, the streaming partial otherwise):
 the LLM and the TTS of its first unit run while the end-of-turn silence is still being timed,
 but nothing is played. At END_OF_TURN the final transcript either *commits* that reply (same
 words: its audio may play) or *discards* it (cancelled; nothing played, nothing in history)

@@ -55,7 +55,7 @@ fails every stream still being read, kills the process, closes its pipes (unread
 never hold a pipe open) and reaps it within a bounded wait.
 
 `cache_phrases(texts)` synthesizes a few fixed phrases once (the filler and the apologies the
-turn manager says when an engine fails); asking for one of them later plays the stored audio
+reply says when an engine fails: conversation/engine_faults.py); asking for one of them later plays the stored audio
 at once, without a worker, so a fault is answered as fast as the end of the turn is found.
 """
 
