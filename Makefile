@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m bench.whisper_settings --quick --json $(QUICK)/whisper_settings.json
 	$(VENV)/bin/python -m bench.whisper_batch --quick --json $(QUICK)/whisper_batch.json
 	$(VENV)/bin/python -m bench.llm_client_ttft --requests 50 --json $(QUICK)/llm_client_ttft.json
+	$(VENV)/bin/python -m bench.tool_overhead --quick --json $(QUICK)/tool_overhead.json
 	$(VENV)/bin/python -m bench.conversation --turns 4 --json $(QUICK)/conversation.json
 	$(VENV)/bin/python -m bench.hearing --quick --json $(QUICK)/hearing.json
 	$(VENV)/bin/python -m bench.soak --quick --json $(QUICK)/soak.json
@@ -72,6 +73,7 @@ bench-full: $(STAMP)
 	$(VENV)/bin/python -m bench.whisper_settings
 	$(VENV)/bin/python -m bench.whisper_batch --json bench/results/whisper_batch.json
 	$(VENV)/bin/python -m bench.llm_client_ttft --json bench/results/llm_client_ttft.json
+	$(VENV)/bin/python -m bench.tool_overhead --json bench/results/tool_overhead.json
 	$(VENV)/bin/python -m bench.conversation
 	$(VENV)/bin/python -m bench.hearing
 	$(VENV)/bin/python -m bench.soak

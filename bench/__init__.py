@@ -8,6 +8,8 @@ hearing.py           the evaluation set spoken to a real server: WER, v2v, false
 whisper_settings.py  whisper final-pass time and accuracy per encoder window and threads
 whisper_batch.py     the shared whisper pool with 1, 4, 8 passes at once: batched vs one by one
 llm_client_ttft.py   time to first token, our SSE client vs the `openai` SDK (if installed)
+tool_overhead.py     what a 50 ms tool adds to voice-to-voice, next to the same turn without
+                     (fake OpenAI-compatible model; agent in bench/agents/fifty_ms.py)
 capacity.py          how many conversational calls one `ringback serve` sustains
 soak.py              many calls and abrupt disconnects, then what the server kept (leaks)
 echo_server.py       not a benchmark: the transport-only peer capacity.py compares against
