@@ -56,10 +56,12 @@ docs: $(STAMP)
 bench: $(STAMP)
 	@mkdir -p $(QUICK)
 	@echo "bench: skipping bench.echo_server (a helper that bench.capacity starts, not a benchmark)"
+	@echo "bench: bench.tts_pool only in bench-full (it checks out an older ref to compare)"
 	$(VENV)/bin/python -m bench.send_path --quick --json $(QUICK)/send_path.json
 	$(VENV)/bin/python -m bench.audio_path --quick --json $(QUICK)/audio_path.json
 	$(VENV)/bin/python -m bench.whisper_settings --quick --json $(QUICK)/whisper_settings.json
 	$(VENV)/bin/python -m bench.whisper_batch --quick --json $(QUICK)/whisper_batch.json
+	$(VENV)/bin/python -m bench.barge_in --quick --json $(QUICK)/barge_in.json
 	$(VENV)/bin/python -m bench.llm_client_ttft --requests 50 --json $(QUICK)/llm_client_ttft.json
 	$(VENV)/bin/python -m bench.tool_overhead --quick --json $(QUICK)/tool_overhead.json
 	$(VENV)/bin/python -m bench.conversation --turns 4 --json $(QUICK)/conversation.json
@@ -72,6 +74,8 @@ bench-full: $(STAMP)
 	$(VENV)/bin/python -m bench.audio_path --json bench/results/audio_path.json
 	$(VENV)/bin/python -m bench.whisper_settings
 	$(VENV)/bin/python -m bench.whisper_batch --json bench/results/whisper_batch.json
+	$(VENV)/bin/python -m bench.barge_in --json bench/results/barge_in.json
+	$(VENV)/bin/python -m bench.tts_pool
 	$(VENV)/bin/python -m bench.llm_client_ttft --json bench/results/llm_client_ttft.json
 	$(VENV)/bin/python -m bench.tool_overhead --json bench/results/tool_overhead.json
 	$(VENV)/bin/python -m bench.conversation

@@ -7,6 +7,8 @@ conversation.py      voice-to-voice latency and stage times over N spoken turns,
 hearing.py           the evaluation set spoken to a real server: WER, v2v, false cut-offs
 whisper_settings.py  whisper final-pass time and accuracy per encoder window and threads
 whisper_batch.py     the shared whisper pool with 1, 4, 8 passes at once: batched vs one by one
+tts_pool.py          TTS memory and first-chunk latency: N processes (an older ref) vs N slots
+barge_in.py          how fast the agent stops when talked over, and whether its echo cuts it
 llm_client_ttft.py   time to first token, our SSE client vs the `openai` SDK (if installed)
 tool_overhead.py     what a 50 ms tool adds to voice-to-voice, next to the same turn without
                      (fake OpenAI-compatible model; agent in bench/agents/fifty_ms.py)
