@@ -54,9 +54,9 @@ async def delivered(channel: RTCDataChannel, timeout_s: float) -> float:
     A flood of thousands of datagrams overflows the receiver's UDP socket buffer, even on
     loopback, and aiortc's SCTP recovers what was lost by retransmission timeouts (at least
     1 s each, then resending its whole unacknowledged queue from a one-packet window): the
-    flood can take many seconds to arrive on a loaded machine (aiortc's reassembly of a large
-    message, quadratic in its size, also holds the receiver's loop: ~0.3 s for 1 MB, so more
-    of what follows is lost). The receiving aiortc runs the channel's "message" handler
+    flood can take many seconds to arrive on a loaded machine (aiortc's own reassembly of a
+    large message is quadratic in its size; agent/media/patches.py makes it linear). The
+    receiving aiortc runs the channel's "message" handler
     before it acknowledges a chunk, so once nothing is left unacknowledged the other side has
     handled every message.
     """

@@ -61,6 +61,20 @@ Data channels (always):
   as malformed (agent/call/events.py does). Valid text arrives as before (text that is not
   ASCII is decoded once more, to check it).
 - `aiortc.rtcsctptransport.WEBRTC_STRING` / `WEBRTC_BINARY` (relied on): the PPIDs.
+- `RTCSctpTransport._receive_data_chunk` (replaced): aiortc reassembles by calling
+  `InboundStream.pop_messages()` after every DATA chunk, and it walks the stream's whole
+  reassembly list: quadratic in a message's size, all on the event loop (every call's audio
+  waits): ~0.3 s for 1 MB, ~5 s for 4 MB, and aiortc does not enforce the max-message-size it
+  advertises. A chunk appended at the end of a settled list (one `pop_messages` has just
+  emptied of deliverable messages, same list object since) completes no message unless it
+  carries LAST_FRAG; only then, or when it fills a gap (inserted before the end), or when the
+  list is not known settled (a FORWARD-TSN pruned it), is `pop_messages` called. Everything
+  else is aiortc's own, in the same order: duplicates, SACK bookkeeping, rwnd, stream resets.
+  FORWARD-TSN handling is untouched (it calls `pop_messages` itself). Nothing bounds what one
+  stream buffers: dropping chunks already acknowledged breaks SCTP's reliability, and
+  refusing them leaves an honest sender of a large message retransmitting forever.
+- `aiortc.rtcsctptransport.InboundStream.add_chunk` / `pop_messages` and
+  `SCTP_DATA_LAST_FRAG` (relied on): the reassembly used as it is.
 
 ICE (`host_addresses` given; empty leaves aioice's own):
 - `aioice.ice.get_host_addresses` (replaced): aioice never offers loopback; tests pin 127.0.0.1.
@@ -116,6 +130,10 @@ PATCH_POINTS: tuple[tuple[str, str], ...] = (
     ("aiortc.rtcsctptransport", "RTCSctpTransport._data_channel_receive"),
     ("aiortc.rtcsctptransport", "WEBRTC_STRING"),
     ("aiortc.rtcsctptransport", "WEBRTC_BINARY"),
+    ("aiortc.rtcsctptransport", "RTCSctpTransport._receive_data_chunk"),
+    ("aiortc.rtcsctptransport", "InboundStream.add_chunk"),
+    ("aiortc.rtcsctptransport", "InboundStream.pop_messages"),
+    ("aiortc.rtcsctptransport", "SCTP_DATA_LAST_FRAG"),
 )
 
 # The functions `install` replaces with its own (each marked with its installation).
@@ -128,6 +146,7 @@ MARKED_POINTS: tuple[tuple[str, str], ...] = (
     ("aiortc.rtcrtpsender", "RTCRtpSender.send"),
     ("aiortc.rtcrtpsender", "RTCRtpSender.replaceTrack"),
     ("aiortc.rtcsctptransport", "RTCSctpTransport._data_channel_receive"),
+    ("aiortc.rtcsctptransport", "RTCSctpTransport._receive_data_chunk"),
 )
 
 OWN_DECODE = frozenset({"opus", "PCMU", "PCMA"})
@@ -138,6 +157,8 @@ SendRtp = Callable[[bytes], Awaitable[None]]
 RtpHook = Callable[[bytes, SendRtp], Awaitable[None]]
 
 _MARK = "ringback_patches"  # attribute of each replacement function: its _Installation
+# Attribute of an aiortc InboundStream: its reassembly list as `pop_messages` last left it.
+_SETTLED = "_ringback_settled"
 
 
 class PatchError(RuntimeError):
@@ -283,7 +304,8 @@ def install(
     not patched). `opus_send`: Opus SDP, encoder settings and inline encoding (None: aiortc's
     own). `host_addresses`: the only ICE host candidates (empty: aioice's own).
 
-    Every installation makes data channels survive invalid UTF-8 sent as text.
+    Every installation makes data channels survive invalid UTF-8 sent as text, and reassembles
+    a large data-channel message in linear time.
 
     While an installation is active, another is refused (PatchError): uninstall it first. With
     `shared=True` and the same settings, the caller gets its own handle on the active one
@@ -310,6 +332,7 @@ def install(
     installation = _Installation(settings)
     try:
         _patch_data_channels(installation)
+        _patch_sctp_reassembly(installation)
         if settings.host_addresses:
             _pin_host_addresses(installation, settings.host_addresses)
         if receive_path == "ringback":
@@ -364,6 +387,39 @@ def _patch_data_channels(installation: _Installation) -> None:
         transport_class,
         "_data_channel_receive",
         installation.mark(data_channel_receive),
+    )
+
+
+def _patch_sctp_reassembly(installation: _Installation) -> None:
+    """Look for completed messages only when a DATA chunk can have completed one."""
+    sctp: Any = importlib.import_module("aiortc.rtcsctptransport")
+    last_frag = int(sctp.SCTP_DATA_LAST_FRAG)
+
+    # aiortc's `_receive_data_chunk` line for line, but for the `if` around `pop_messages`.
+    async def receive_data_chunk(self: Any, chunk: Any) -> None:
+        self._sack_needed = True
+        if self._mark_received(chunk.tsn):  # a duplicate
+            return
+        inbound_stream = self._get_inbound_stream(chunk.stream_id)
+        # Settled: the last `pop_messages` left nothing deliverable in this very list, and
+        # only `add_chunk` (in place) changed it since; FORWARD-TSN prunes into a new list.
+        settled = getattr(inbound_stream, _SETTLED, None) is inbound_stream.reassembly
+        inbound_stream.add_chunk(chunk)
+        self._advertised_rwnd -= len(chunk.user_data)
+        appended = inbound_stream.reassembly[-1] is chunk
+        # Appended to a settled list, the chunk can only complete a message that ends with it.
+        if not settled or not appended or chunk.flags & last_frag:
+            for message in inbound_stream.pop_messages():
+                self._advertised_rwnd += len(message[2])
+                await self._receive(*message)
+        setattr(inbound_stream, _SETTLED, inbound_stream.reassembly)
+        await self._reset_deferred_streams()
+
+    installation.replace(
+        "aiortc.rtcsctptransport.RTCSctpTransport._receive_data_chunk",
+        sctp.RTCSctpTransport,
+        "_receive_data_chunk",
+        installation.mark(receive_data_chunk),
     )
 
 
