@@ -677,11 +677,13 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     png = args.png or args.json.with_suffix(".png")
     # Every caller connects from 127.0.0.1 here, but stands for a person at an address of
-    # their own: the per-address limits (429) are lifted; the server's own capacity limits
-    # (--max-sessions, admission by measured headroom: 503) stay as a user would run them.
+    # their own: the per-address limits (429) are lifted, and so is the cap on calls still
+    # connecting (a burst of a step's callers would evict the oldest); the server's own
+    # capacity limits (--max-sessions, admission by measured headroom: 503) stay.
     most = str(max(steps) + 2)
     serve = ["--max-sessions", most, "--max-pending-per-client", most, "--offer-burst", most,
-             "--offers-per-minute", "6000", *args.serve_args.split()]  # fmt: skip
+             "--offers-per-minute", "6000", "--max-pending", most,
+             *args.serve_args.split()]  # fmt: skip
     serve += ["--workers", str(args.workers)]
     os.environ[CALLER_NICE_ENV] = str(args.caller_nice)  # read by every caller process
     speech = asyncio.run(synthesize_all())
