@@ -11,10 +11,11 @@ from signaling.headroom import HeadroomConfig
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 # Concurrent calls one core sustains within the latency budget. It must come from
-# bench/capacity.py (docs/measurements.md, "Capacity": the earlier run held 10 calls on
-# 2 vCPUs with every limit held, 8 with margin; the re-run under realistic load sustained 4);
-# the default max_sessions (8) is this times the 2 cores it was measured on. Measured headroom
-# (signaling/headroom.py) refuses sooner when the machine has less to give.
+# bench/capacity.py (docs/measurements.md, "Capacity", 2026-12-07: on 2 vCPUs, 8 calls whose
+# turns are spread out reach v2v p99 1.32 s and 10 reach 1.28 s, every turn answered; turns
+# that end at the same instant are over the budget from 4 calls); the default max_sessions (8)
+# is this times the 2 cores it was measured on. Measured headroom (signaling/headroom.py)
+# refuses sooner when the machine has less to give.
 CALLS_PER_CORE = 4
 
 
