@@ -32,6 +32,7 @@ from agent.engines.pocketsphinx_asr import (
     PocketsphinxRecognizer,
 )
 from harness.wer import wer
+from tests.starve import starved
 
 
 async def say(rec: PocketsphinxRecognizer, pcm48k: Any) -> tuple[str, str]:
@@ -207,29 +208,6 @@ async def test_a_worker_far_behind_skips_caption_audio_instead_of_dying() -> Non
             os.kill(process.proc.pid, signal.SIGCONT)
         assert await rec.finish() == ""  # it caught up and answered (silence: no words)
         await rec.aclose()
-
-
-@contextlib.asynccontextmanager
-async def starved(pid: int, stopped_s: float = 0.4, running_s: float = 0.1) -> AsyncIterator[None]:
-    """The worker gets a fifth of the time (SIGSTOP/SIGCONT cycles): far behind, never stuck."""
-
-    async def cycle() -> None:
-        try:
-            while True:
-                os.kill(pid, signal.SIGSTOP)
-                await asyncio.sleep(stopped_s)
-                os.kill(pid, signal.SIGCONT)
-                await asyncio.sleep(running_s)
-        finally:
-            os.kill(pid, signal.SIGCONT)
-
-    task = asyncio.create_task(cycle())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_a_worker_behind_answers_late_and_is_kept_a_stopped_one_is_replaced(

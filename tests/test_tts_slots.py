@@ -19,6 +19,7 @@ from agent.engines.interfaces import EngineError
 from agent.engines.priority import Priority, Urgency
 from agent.engines.tts_pool import TtsPoolConfig, TtsWorkerPool, _Process, _Stalled
 from harness.speech import synthesizer
+from tests.starve import starved
 
 QUIET: dict[str, Any] = {"noise_scale": 0.0, "noise_w_scale": 0.0}  # the same samples each time
 TEXTS = (
@@ -115,35 +116,17 @@ async def test_a_cancelled_request_does_not_disturb_the_others() -> None:
     assert after.size > 0
 
 
-async def _stop_and_go(pid: int, stopped_s: float, running_s: float) -> None:
-    """Freeze the worker most of the time: a very slow worker, but not a hung one."""
-    try:
-        while True:
-            os.kill(pid, signal.SIGSTOP)
-            await asyncio.sleep(stopped_s)
-            os.kill(pid, signal.SIGCONT)
-            await asyncio.sleep(running_s)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-
-
 async def test_a_slow_worker_past_the_chunk_timeout_is_not_replaced() -> None:
     timeout_s = 1.0
     async with synthesizer(config=config(first_chunk_timeout_s=timeout_s)) as pool:
         pid = the_pid(pool)
         reference = await collect(pool, LONG_SENTENCE, **QUIET)
-        slowing = asyncio.create_task(_stop_and_go(pid, 0.4, 0.2))
-        try:
+        async with starved(pid, stopped_s=0.4, running_s=0.2):
             started = time.monotonic()
             stream = pool.synthesize(LONG_SENTENCE, **QUIET)
             first = await anext(stream)
             first_s = time.monotonic() - started
             audio = np.concatenate([first, *[pcm async for pcm in stream]])
-        finally:
-            slowing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await slowing
         assert the_pid(pool) == pid, "the slow worker was replaced"
         assert sum(pool.restarts.values()) == 0, pool.restarts
     print(f"first chunk of the slowed worker after {first_s:.2f}s (timeout {timeout_s:g}s)")
